@@ -1,0 +1,239 @@
+"""The EM loop over a row-chunked Dask array.
+
+Per iteration the graph is one task per chunk (read the chunk if it is not cached, E step and
+partial statistics: :meth:`SuffStats.from_chunk`) plus Dask's tree-reducing ``sum`` over the
+flat statistics vectors; the driver receives one float64 vector of O(K*D^2) numbers and runs the
+M step.  No N-sized array ever reaches the driver.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import dask
+import dask.array as da
+import numpy as np
+
+from pipeline.exceptions import ConvergenceWarning, DataError
+from pipeline.gaussian import MixtureParams, warn_floored
+from pipeline.stats import SuffStats, vector_length
+
+#: fan-in of the tree reduction of statistics vectors
+SPLIT_EVERY = 16
+
+
+def as_row_chunked(X) -> da.Array:
+    """A Dask array with one chunk along features (rows chunked as given)."""
+    if X.numblocks[1] != 1:
+        X = X.rechunk({1: -1})
+    return X
+
+
+def reduce_blocks(X: da.Array, kernel: Callable, length: int, *args, **kwargs) -> np.ndarray:
+    """Sum of ``kernel(block, *args, **kwargs)`` (a float64 vector of ``length``) over row chunks.
+
+    Large arguments should be passed as ``dask.delayed`` objects so that they are sent once per
+    computation rather than embedded in every task.
+    """
+    parts = X.map_blocks(
+        _kernel_as_row,
+        kernel,
+        *args,
+        chunks=((1,) * X.numblocks[0], (length,)),
+        dtype=np.float64,
+        meta=np.empty((0, 0), dtype=np.float64),
+        **kwargs,
+    )
+    return parts.sum(axis=0, split_every=SPLIT_EVERY).compute()
+
+
+def per_block(X: da.Array, kernel: Callable, length: int, *args, **kwargs) -> np.ndarray:
+    """``kernel(block)`` for every row chunk, as a (n_chunks, length) array on the driver."""
+    parts = X.map_blocks(
+        _kernel_as_row,
+        kernel,
+        *args,
+        chunks=((1,) * X.numblocks[0], (length,)),
+        dtype=np.float64,
+        meta=np.empty((0, 0), dtype=np.float64),
+        **kwargs,
+    )
+    return parts.compute()
+
+
+def _kernel_as_row(block, kernel, *args, block_id=None, pass_block_id=False, **kwargs):
+    if pass_block_id:
+        kwargs["block_id"] = block_id
+    return np.asarray(kernel(block, *args, **kwargs), dtype=np.float64)[None, :]
+
+
+# ------------------------------------------------------------------------------------------
+# Data summary and validation: one cheap pass
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataSummary:
+    n_samples: int
+    n_features: int
+    mean: np.ndarray  # (D,)
+    var: np.ndarray  # (D,)
+    chunk_rows: tuple
+
+    @property
+    def scale(self) -> float:
+        """A typical variance of the data (mean over features), for floors."""
+        v = float(np.mean(self.var))
+        return v if v > 0 else 1.0
+
+
+def _summary_kernel(block):
+    x = np.asarray(block)
+    n_nan = np.count_nonzero(np.isnan(x)) if x.dtype.kind == "f" else 0
+    n_inf = np.count_nonzero(np.isinf(x)) if x.dtype.kind == "f" else 0
+    x = x.astype(np.float64, copy=False)
+    if n_nan or n_inf or x.shape[0] == 0:
+        mean = np.zeros(x.shape[1])
+        m2 = np.zeros(x.shape[1])
+    else:
+        mean = x.mean(axis=0)
+        m2 = ((x - mean) ** 2).sum(axis=0)
+    return np.concatenate([[x.shape[0], n_nan, n_inf], mean, m2])
+
+
+def summarize(X: da.Array, name: str = "data") -> DataSummary:
+    """One pass: row count, per-feature mean and variance, and a finiteness check.
+
+    Raises DataError naming the chunks (and their rows) that hold NaN or inf values.
+    """
+    n_features = X.shape[1]
+    rows = per_block(X, _summary_kernel, 3 + 2 * n_features)
+    counts, nans, infs = rows[:, 0], rows[:, 1], rows[:, 2]
+    bad = np.nonzero((nans > 0) | (infs > 0))[0]
+    if bad.size:
+        starts = np.concatenate([[0], np.cumsum(X.chunks[0])])
+        where = "; ".join(
+            f"row chunk {i} (rows {int(starts[i])}-{int(starts[i + 1]) - 1}): "
+            f"{int(nans[i])} NaN, {int(infs[i])} inf"
+            for i in bad[:5]
+        )
+        more = f"; and {bad.size - 5} more chunks" if bad.size > 5 else ""
+        raise DataError(
+            f"{name}: {int(nans.sum())} NaN and {int(infs.sum())} inf values in {bad.size} of "
+            f"{len(counts)} row chunks: {where}{more}. Remove or impute them before fitting."
+        )
+    n = counts.sum()
+    means, m2s = rows[:, 3 : 3 + n_features], rows[:, 3 + n_features :]
+    mean = (counts[:, None] * means).sum(axis=0) / n
+    # Chan et al.: combine per-chunk centred sums of squares
+    m2 = m2s.sum(axis=0) + (counts[:, None] * (means - mean) ** 2).sum(axis=0)
+    return DataSummary(int(n), n_features, mean, m2 / n, tuple(X.chunks[0]))
+
+
+# ------------------------------------------------------------------------------------------
+# EM
+# ------------------------------------------------------------------------------------------
+
+
+def _em_kernel(block, plan, centres, covariance_type):
+    return SuffStats.from_chunk(block, plan, centres, covariance_type).to_vector()
+
+
+def e_step_stats(X: da.Array, params: MixtureParams, dtype="float64") -> SuffStats:
+    """One pass: E step on every chunk and the reduced statistics, centred at the current means."""
+    plan = params.plan(dtype)
+    vec = reduce_blocks(
+        X,
+        _em_kernel,
+        vector_length(params.covariance_type, params.n_components, params.n_features),
+        dask.delayed(plan, pure=True),
+        dask.delayed(params.means, pure=True),
+        params.covariance_type,
+    )
+    return SuffStats.from_vector(vec, params.means, params.covariance_type)
+
+
+@dataclass
+class IterationInfo:
+    """What the per-iteration callback receives."""
+
+    n_iter: int
+    mean_loglik: float
+    change: float
+    seconds: float
+    rows_per_second: float
+    params: MixtureParams
+    history: list = field(default_factory=list)
+
+
+@dataclass
+class EMResult:
+    params: MixtureParams
+    history: list
+    converged: bool
+    n_iter: int
+
+    @property
+    def lower_bound(self) -> float:
+        return self.history[-1] if self.history else -math.inf
+
+
+def run_em(
+    X: da.Array,
+    params: MixtureParams,
+    *,
+    tol: float,
+    max_iter: int,
+    reg_covar: float,
+    dtype: str = "float64",
+    scale: float = 1.0,
+    history=None,
+    callback: Callable[[IterationInfo], None] | None = None,
+    name: str = "data",
+) -> EMResult:
+    """EM from ``params`` until ``|change of mean log-likelihood| < tol`` or ``max_iter``.
+
+    ``history`` (mean log-likelihoods of earlier iterations) resumes an interrupted run: the
+    iteration count continues from ``len(history)``.  The mean log-likelihood of iteration i is
+    computed under the parameters before its M step (as scikit-learn's ``lower_bounds_``).
+    """
+    history = list(history or [])
+    lower_bound = history[-1] if history else -math.inf
+    converged = False
+    n_iter = len(history)
+    if history and len(history) >= 2 and abs(history[-1] - history[-2]) < tol:
+        return EMResult(params, history, True, n_iter)
+    for n_iter in range(len(history) + 1, max_iter + 1):
+        t0 = time.perf_counter()
+        st = e_step_stats(X, params, dtype)
+        if st.n_nonfinite:
+            summarize(X, name)  # names the chunks; raises
+            raise DataError(f"{name}: {int(st.n_nonfinite)} non-finite values met in the E step")
+        mean_ll = st.mean_loglik
+        params, floored = st.m_step(reg_covar, scale)
+        warn_floored(floored, f"M step of iteration {n_iter}")
+        history.append(mean_ll)
+        change = mean_ll - lower_bound
+        lower_bound = mean_ll
+        seconds = time.perf_counter() - t0
+        if callback is not None:
+            callback(IterationInfo(n_iter, mean_ll, change, seconds, st.n / seconds, params, history))
+        if abs(change) < tol:
+            converged = True
+            break
+    return EMResult(params, history, converged, n_iter)
+
+
+def warn_not_converged(result: EMResult, max_iter: int) -> None:
+    if not result.converged and max_iter > 0:
+        warnings.warn(
+            f"EM did not converge in max_iter={max_iter} iterations (last change of the mean "
+            f"log-likelihood {result.history[-1] - result.history[-2] if len(result.history) > 1 else float('nan'):.3g}). "
+            "Increase max_iter or tol, try other initial parameters, or check for degenerate data.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )

@@ -1,0 +1,359 @@
+"""Per-covariance-type numerics of Gaussian mixtures: pure NumPy, no Dask, no files.
+
+Shapes by covariance type (K components, D features):
+
+=========  ======================  ==========================
+type       covariances             precisions_cholesky
+=========  ======================  ==========================
+full       (K, D, D)               (K, D, D)
+tied       (D, D)                  (D, D)
+diag       (K, D)                  (K, D)
+spherical  (K,)                    (K,)
+=========  ======================  ==========================
+
+As in scikit-learn, ``precisions_cholesky`` holds ``L`` with ``precision = L @ L.T`` where ``L``
+is the transposed inverse of the lower Cholesky factor of the covariance (an upper-triangular
+matrix).  It is obtained by a triangular solve of the Cholesky factor, never by inverting a
+covariance matrix.  All log-densities are computed from ``L`` in log space.
+
+The E step is organised for speed: :class:`EStepPlan` prepares, once per iteration, the small
+arrays every chunk needs, so that the quadratic forms of all K components come from one wide
+GEMM ``(X - c) @ [L_1 ... L_K]`` per block of rows (``c`` is a shift near the data, so that a
+large common offset does not cancel).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import linalg
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def check_covariance_type(covariance_type: str) -> str:
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ValueError(
+            f"covariance_type must be one of {', '.join(COVARIANCE_TYPES)}; got {covariance_type!r}"
+        )
+    return covariance_type
+
+
+def covariance_shape(covariance_type: str, n_components: int, n_features: int) -> tuple:
+    return {
+        "full": (n_components, n_features, n_features),
+        "tied": (n_features, n_features),
+        "diag": (n_components, n_features),
+        "spherical": (n_components,),
+    }[covariance_type]
+
+
+# --------------------------------------------------------------------------------------------
+# Cholesky factors of the precisions
+# --------------------------------------------------------------------------------------------
+
+
+class CovarianceError(ValueError):
+    """A covariance matrix is not positive definite (a collapsed or degenerate component)."""
+
+
+_CHOLESKY_ADVICE = (
+    "Fitting the mixture model failed because some components have ill-defined empirical "
+    "covariance (for instance caused by singleton or collapsed samples). Try to decrease the "
+    "number of components, increase reg_covar, or check the data for duplicated points."
+)
+
+
+def _precision_cholesky_matrix(cov: np.ndarray) -> np.ndarray:
+    """``L`` (D, D) with ``inv(cov) = L @ L.T`` from one covariance matrix, via Cholesky."""
+    cov_chol = linalg.cholesky(cov, lower=True)
+    return linalg.solve_triangular(cov_chol, np.eye(cov.shape[0]), lower=True).T
+
+
+def precision_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Cholesky factors of the precisions from covariances; raises :class:`CovarianceError`."""
+    covariances = np.asarray(covariances, dtype=np.float64)
+    try:
+        if covariance_type == "full":
+            return np.stack([_precision_cholesky_matrix(c) for c in covariances])
+        if covariance_type == "tied":
+            return _precision_cholesky_matrix(covariances)
+    except linalg.LinAlgError as exc:
+        raise CovarianceError(_CHOLESKY_ADVICE) from exc
+    if np.any(~np.isfinite(covariances)) or np.any(covariances <= 0.0):
+        raise CovarianceError(_CHOLESKY_ADVICE)
+    return 1.0 / np.sqrt(covariances)
+
+
+def precision_cholesky_from_precisions(precisions: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Cholesky factors from user-given precisions (as scikit-learn's ``precisions_init``)."""
+    precisions = np.asarray(precisions, dtype=np.float64)
+    try:
+        if covariance_type == "full":
+            return np.stack([linalg.cholesky(p, lower=True) for p in precisions])
+        if covariance_type == "tied":
+            return linalg.cholesky(precisions, lower=True)
+    except linalg.LinAlgError as exc:
+        raise ValueError("precisions_init must be symmetric positive definite") from exc
+    if np.any(precisions <= 0.0):
+        raise ValueError("precisions_init must be positive")
+    return np.sqrt(precisions)
+
+
+def precisions_from_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np.ndarray:
+    if covariance_type == "full":
+        return np.einsum("kij,klj->kil", prec_chol, prec_chol)
+    if covariance_type == "tied":
+        return prec_chol @ prec_chol.T
+    return prec_chol**2
+
+
+def covariances_from_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Covariances from precision Cholesky factors: ``cov = inv(L)^T inv(L)`` by triangular solves."""
+
+    def one(L):
+        # L is triangular (upper for factors from covariances, lower from precisions): solve with
+        # the triangle it has.
+        lower = not np.triu(L, 1).any()
+        inv_l = linalg.solve_triangular(L, np.eye(L.shape[0]), lower=lower)
+        return inv_l.T @ inv_l
+
+    if covariance_type == "full":
+        return np.stack([one(L) for L in prec_chol])
+    if covariance_type == "tied":
+        return one(prec_chol)
+    return 1.0 / prec_chol**2
+
+
+def log_det_cholesky(prec_chol: np.ndarray, covariance_type: str, n_features: int) -> np.ndarray:
+    """log det of the precision Cholesky factor (half the log det of the precision)."""
+    if covariance_type == "full":
+        return np.sum(np.log(np.diagonal(prec_chol, axis1=1, axis2=2)), axis=1)
+    if covariance_type == "tied":
+        return np.sum(np.log(np.diag(prec_chol)))
+    if covariance_type == "diag":
+        return np.sum(np.log(prec_chol), axis=1)
+    return n_features * np.log(prec_chol)
+
+
+# --------------------------------------------------------------------------------------------
+# The E step of one block of rows
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EStepPlan:
+    """Everything a chunk needs to compute weighted log-densities of all components.
+
+    kind "quad" (full, tied): ``lcat`` (D, K*D) = [L_1 ... L_K], ``offset`` (K*D,) = concat of
+    ``(mu_k - shift) @ L_k``.  kind "diag" (diag, spherical): ``prec`` (K, D) precisions,
+    ``offset`` (K, D) = ``mu_k - shift`` and ``quad_const`` (K,) = sum_d prec * offset**2.
+    ``const`` (K,) is ``log pi_k + log det L_k - D/2 log(2 pi)``.  Arrays used by GEMMs are in
+    the compute ``dtype``; constants stay float64.
+    """
+
+    kind: str
+    shift: np.ndarray
+    const: np.ndarray
+    lcat: np.ndarray | None = None
+    offset: np.ndarray | None = None
+    prec: np.ndarray | None = None
+    quad_const: np.ndarray | None = None
+    dtype: str = "float64"
+
+    @property
+    def n_components(self) -> int:
+        return self.const.shape[0]
+
+
+def make_plan(weights, means, prec_chol, covariance_type, dtype="float64", shift=None) -> EStepPlan:
+    """Prepare the E step for the given parameters (driver side, O(K*D^2))."""
+    weights = np.asarray(weights, dtype=np.float64)
+    means = np.asarray(means, dtype=np.float64)
+    n_components, n_features = means.shape
+    if shift is None:
+        shift = weights @ means / max(weights.sum(), np.finfo(np.float64).tiny)
+    shift = np.asarray(shift, dtype=np.float64)
+    log_w = np.log(np.maximum(weights, np.finfo(np.float64).tiny))
+    const = log_w + log_det_cholesky(prec_chol, covariance_type, n_features) - 0.5 * n_features * LOG_2PI
+    dt = np.dtype(dtype)
+    diff = means - shift
+    if covariance_type in ("full", "tied"):
+        if covariance_type == "tied":
+            prec_chol = np.broadcast_to(prec_chol, (n_components, n_features, n_features))
+        lcat = np.ascontiguousarray(np.concatenate(list(prec_chol), axis=1))  # (D, K*D)
+        offset = np.einsum("kd,kde->ke", diff, prec_chol).reshape(-1)
+        return EStepPlan("quad", shift.astype(dt), const, lcat=lcat.astype(dt), offset=offset.astype(dt), dtype=dt.name)
+    if covariance_type == "spherical":
+        prec = np.repeat((prec_chol**2)[:, None], n_features, axis=1)
+    else:
+        prec = prec_chol**2
+    quad_const = np.sum(prec * diff**2, axis=1)
+    return EStepPlan(
+        "diag", shift.astype(dt), const, offset=diff, prec=prec, quad_const=quad_const, dtype=dt.name
+    )
+
+
+def weighted_log_prob(xc: np.ndarray, plan: EStepPlan) -> np.ndarray:
+    """``log pi_k + log N(x | mu_k, Sigma_k)`` for a block of shifted rows ``xc = x - plan.shift``.
+
+    xc : (B, D) in the plan's dtype.  Returns (B, K) float64.
+    """
+    n_components = plan.n_components
+    if plan.kind == "quad":
+        y = xc @ plan.lcat  # (B, K*D): all K whitening transforms in one GEMM
+        y -= plan.offset
+        y *= y
+        maha = y.reshape(xc.shape[0], n_components, -1).sum(axis=2, dtype=np.float64)
+    else:
+        # sum_d p (x - m)^2 = x^2 @ p - 2 x @ (p m) + sum p m^2, in float64 (cheap for diag)
+        x64 = xc.astype(np.float64, copy=False)
+        maha = (x64 * x64) @ plan.prec.T
+        maha -= 2.0 * (x64 @ (plan.prec * plan.offset).T)
+        maha += plan.quad_const
+    return plan.const - 0.5 * maha
+
+
+def log_sum_exp(a: np.ndarray) -> np.ndarray:
+    """Row-wise log(sum(exp(a))) of a (B, K) float64 array, stable."""
+    amax = np.max(a, axis=1)
+    amax = np.where(np.isfinite(amax), amax, 0.0)
+    with np.errstate(divide="ignore"):
+        return amax + np.log(np.sum(np.exp(a - amax[:, None]), axis=1))
+
+
+def log_responsibilities(xc: np.ndarray, plan: EStepPlan) -> tuple[np.ndarray, np.ndarray]:
+    """(log p(x) (B,), log r (B, K)) for a block of shifted rows."""
+    wlp = weighted_log_prob(xc, plan)
+    lpx = log_sum_exp(wlp)
+    return lpx, wlp - lpx[:, None]
+
+
+# --------------------------------------------------------------------------------------------
+# The M step: covariances from centred statistics
+# --------------------------------------------------------------------------------------------
+
+
+def covariances_from_stats(s0, s1, s2, reg_covar, covariance_type):
+    """Covariances from statistics centred at per-component centres ``c_k``.
+
+    s0 (K,) = sum r (plus the tiny floor), s1 (K, D) = sum r (x - c_k), s2 = sum r (x-c_k)(x-c_k)^T
+    as (K, D, D) for full/tied or its diagonal (K, D) for diag/spherical.
+    Uses ``Sigma_k = s2/s0 - e e^T`` with the mean shift ``e = s1/s0`` (small, as ``c_k`` is the
+    previous mean), so nothing large cancels.
+    """
+    e = s1 / s0[:, None]
+    n_features = s1.shape[1]
+    if covariance_type == "full":
+        cov = s2 / s0[:, None, None] - np.einsum("ki,kj->kij", e, e)
+        cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+        cov[:, np.arange(n_features), np.arange(n_features)] += reg_covar
+        return cov
+    if covariance_type == "tied":
+        cov = (s2.sum(axis=0) - np.einsum("k,ki,kj->ij", s0, e, e)) / s0.sum()
+        cov = 0.5 * (cov + cov.T)
+        cov[np.arange(n_features), np.arange(n_features)] += reg_covar
+        return cov
+    var = np.maximum(s2 / s0[:, None] - e * e, 0.0) + reg_covar
+    if covariance_type == "diag":
+        return var
+    return var.mean(axis=1)
+
+
+def floor_covariances(covariances, covariance_type, scale, reg_covar):
+    """Make every covariance positive definite, flooring collapsed components.
+
+    Returns (covariances, precisions_cholesky, floored component indices).  A component whose
+    Cholesky factorisation fails (or is not finite) gets ``jitter * I`` added, the jitter growing
+    from ``max(reg_covar, 1e-10 * scale)`` by factors of 10; ``scale`` is a typical variance of
+    the data.  Healthy components are untouched, so results equal scikit-learn's whenever it
+    succeeds.
+    """
+    try:
+        return covariances, precision_cholesky(covariances, covariance_type), []
+    except CovarianceError:
+        pass
+    covariances = np.array(covariances, dtype=np.float64, copy=True)
+    floored = []
+    base = max(float(reg_covar), 1e-10 * float(scale), np.finfo(np.float64).tiny)
+
+    if covariance_type in ("full", "tied"):
+        mats = covariances[None] if covariance_type == "tied" else covariances
+        chols = []
+        for k, cov in enumerate(mats):
+            cov = np.where(np.isfinite(cov), cov, 0.0)
+            jitter = 0.0
+            for _ in range(40):
+                try:
+                    chols.append(_precision_cholesky_matrix(cov + jitter * np.eye(cov.shape[0])))
+                    break
+                except (linalg.LinAlgError, ValueError):
+                    jitter = base if jitter == 0.0 else jitter * 10.0
+            else:  # pragma: no cover - 40 decades of jitter always succeed
+                raise CovarianceError(_CHOLESKY_ADVICE)
+            if jitter:
+                floored.append(k)
+                mats[k] = cov + jitter * np.eye(cov.shape[0])
+        prec = np.stack(chols)
+        if covariance_type == "tied":
+            return mats[0], prec[0], floored
+        return mats, prec, floored
+    bad = ~np.isfinite(covariances) | (covariances <= 0.0)
+    covariances[bad] = base
+    floored = sorted(set(np.nonzero(bad)[0].tolist()))
+    return covariances, 1.0 / np.sqrt(covariances), floored
+
+
+def warn_floored(floored, where="M step"):
+    if floored:
+        warnings.warn(
+            f"components {floored} collapsed (covariance not positive definite) in the {where}; "
+            "their covariances were floored. Consider fewer components or a larger reg_covar.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The parameters of a fitted (or initial) mixture
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MixtureParams:
+    """weights (K,), means (K, D), covariances and their precision Cholesky factors (see table)."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray
+    precisions_cholesky: np.ndarray
+    covariance_type: str
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.means.shape[1]
+
+    def plan(self, dtype="float64", shift=None) -> EStepPlan:
+        return make_plan(self.weights, self.means, self.precisions_cholesky, self.covariance_type, dtype, shift)
+
+    def arrays(self) -> dict:
+        return {
+            "weights": self.weights,
+            "means": self.means,
+            "covariances": self.covariances,
+            "precisions_cholesky": self.precisions_cholesky,
+        }
+
+    def n_parameters(self) -> int:
+        """Number of free parameters (for BIC/AIC), as scikit-learn counts them."""
+        k, d = self.means.shape
+        cov = {"full": k * d * (d + 1) / 2, "tied": d * (d + 1) / 2, "diag": k * d, "spherical": k}
+        return int(cov[self.covariance_type] + k * d + k - 1)

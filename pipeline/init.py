@@ -1,0 +1,263 @@
+"""Initial parameters for EM, computed on the chunked data with the same chunk machinery.
+
+Strategies (``init_params``):
+
+- ``kmeans``: scalable k-means|| seeding (Bahmani et al. 2012: a few passes that oversample
+  ``2K`` candidates each, then a weighted k-means++ of the candidates on the driver), then Lloyd
+  iterations over the chunked data; the initial mixture comes from the hard k-means labels.
+- ``k-means++``: k-means++ seeding on a uniform sample of at most ``KMEANS_PP_SAMPLE`` rows.
+- ``random_from_data``: K distinct random rows as means.
+- ``random``: random responsibilities for every row (from per-chunk seeded generators).
+- ``means_init`` without ``init_params`` work: the labels come from the nearest given mean.
+
+In every case one more pass turns labels (or random responsibilities) into weights, means and
+covariances by the M step, as scikit-learn does; given ``weights_init``/``means_init``/
+``precisions_init`` then replace what they give.  Random draws inside chunks come from
+``np.random.default_rng([seed, chunk_index])``, so results are reproducible on any scheduler.
+"""
+
+from __future__ import annotations
+
+import math
+
+import dask
+import dask.array as da
+import numpy as np
+
+from pipeline.em import DataSummary, reduce_blocks
+from pipeline.gaussian import (
+    MixtureParams,
+    covariances_from_cholesky,
+    precision_cholesky_from_precisions,
+    warn_floored,
+)
+from pipeline.stats import SuffStats, vector_length
+
+INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
+KMEANS_PARALLEL_ROUNDS = 5
+KMEANS_MAX_ITER = 50
+KMEANS_TOL = 1e-4
+KMEANS_PP_SAMPLE = 100_000
+
+
+# ------------------------------------------------------------------------------------------
+# small kernels on one chunk
+# ------------------------------------------------------------------------------------------
+
+
+def _sq_dist(x, centres, shift):
+    """Squared distances (n, K) from rows to centres, computed on shifted values, float64."""
+    xs = np.asarray(x, dtype=np.float64) - shift
+    cs = centres - shift
+    d2 = (xs * xs).sum(axis=1)[:, None] - 2.0 * (xs @ cs.T) + (cs * cs).sum(axis=1)[None, :]
+    return np.maximum(d2, 0.0)
+
+
+def _cost_kernel(block, centres, shift):
+    return np.array([_sq_dist(block, centres, shift).min(axis=1).sum()])
+
+
+def _sample_kernel(block, centres, shift, factor, seed, index):
+    """Rows kept with probability min(1, factor * d^2) (k-means|| oversampling)."""
+    d2 = _sq_dist(block, centres, shift).min(axis=1)
+    rng = np.random.default_rng([seed, index])
+    keep = rng.random(d2.shape[0]) < factor * d2
+    return np.asarray(block, dtype=np.float64)[keep]
+
+
+def _uniform_sample_kernel(block, fraction, seed, index):
+    rng = np.random.default_rng([seed, index])
+    return np.asarray(block, dtype=np.float64)[rng.random(block.shape[0]) < fraction]
+
+
+def _count_kernel(block, centres, shift):
+    lab = _sq_dist(block, centres, shift).argmin(axis=1)
+    return np.bincount(lab, minlength=centres.shape[0]).astype(np.float64)
+
+
+def _lloyd_kernel(block, centres, shift):
+    """[inertia, counts (K), sums of x - c_k (K*D)] of the nearest-centre assignment."""
+    x = np.asarray(block, dtype=np.float64)
+    d2 = _sq_dist(x, centres, shift)
+    lab = d2.argmin(axis=1)
+    k = centres.shape[0]
+    counts = np.bincount(lab, minlength=k).astype(np.float64)
+    sums = np.zeros_like(centres)
+    np.add.at(sums, lab, x - centres[lab])
+    return np.concatenate([[d2[np.arange(x.shape[0]), lab].sum()], counts, sums.ravel()])
+
+
+def _labels_stats_kernel(block, centres, shift, covariance_type, dtype):
+    lab = _sq_dist(block, centres, shift).argmin(axis=1)
+    return SuffStats.from_labels(block, lab, centres, covariance_type, shift, dtype).to_vector()
+
+
+def _random_resp_stats_kernel(block, centres, shift, covariance_type, dtype, seed, block_id=None):
+    rng = np.random.default_rng([seed, block_id[0]])
+    resp = rng.uniform(size=(block.shape[0], centres.shape[0]))
+    resp /= resp.sum(axis=1, keepdims=True)
+    return SuffStats.from_resp(block, resp, centres, covariance_type, shift, dtype).to_vector()
+
+
+def _per_chunk(X, fn, *args):
+    """Run ``fn(block, *args, index)`` on each row chunk; returns the list of results."""
+    blocks = X.to_delayed().ravel()
+    tasks = [dask.delayed(fn)(b, *args, i) for i, b in enumerate(blocks)]
+    return list(dask.compute(*tasks))
+
+
+# ------------------------------------------------------------------------------------------
+# k-means on the chunked data
+# ------------------------------------------------------------------------------------------
+
+
+def _kmeans_pp_local(points, weights, k, rng):
+    """Weighted k-means++ seeding of a small (m, D) array on the driver."""
+    m = points.shape[0]
+    if m <= k:
+        extra = rng.choice(m, size=k - m, replace=True) if m else []
+        return np.concatenate([points, points[extra]]) if m else points
+    p = weights / weights.sum()
+    centres = [points[rng.choice(m, p=p)]]
+    d2 = ((points - centres[0]) ** 2).sum(axis=1)
+    n_trials = 2 + int(math.log(k))
+    for _ in range(1, k):
+        pot = d2 * weights
+        if pot.sum() <= 0:
+            idx = rng.choice(m, size=n_trials, p=p)
+        else:
+            idx = rng.choice(m, size=n_trials, p=pot / pot.sum())
+        cand_d2 = np.minimum(d2[None, :], ((points[None, :, :] - points[idx][:, None, :]) ** 2).sum(axis=2))
+        best = int(np.argmin((cand_d2 * weights).sum(axis=1)))
+        centres.append(points[idx[best]])
+        d2 = cand_d2[best]
+    return np.array(centres)
+
+
+def _lloyd_local(points, weights, centres, n_iter=100):
+    for _ in range(n_iter):
+        lab = ((points[:, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
+        new = centres.copy()
+        for j in range(centres.shape[0]):
+            w = weights[lab == j]
+            if w.sum() > 0:
+                new[j] = (points[lab == j] * w[:, None]).sum(axis=0) / w.sum()
+        if np.allclose(new, centres):
+            break
+        centres = new
+    return centres
+
+
+def kmeans_parallel_seeds(X, k, summary: DataSummary, rng) -> np.ndarray:
+    """k-means|| seeding: (k, D) centres from a few oversampling passes over the data."""
+    shift = summary.mean
+    seed = int(rng.integers(2**31))
+    first = int(rng.integers(summary.n_samples))
+    centres = np.asarray(X[first : first + 1].compute(), dtype=np.float64)
+    oversampling = 2 * k
+    for r in range(KMEANS_PARALLEL_ROUNDS):
+        phi = reduce_blocks(X, _cost_kernel, 1, centres, shift)[0]
+        if phi <= 0:
+            break
+        new = _per_chunk(X, _sample_kernel, centres, shift, oversampling / phi, seed + r)
+        new = [a for a in new if a.size]
+        if new:
+            centres = np.concatenate([centres, *new])
+    counts = reduce_blocks(X, _count_kernel, centres.shape[0], centres, shift)
+    if centres.shape[0] <= k:
+        return _kmeans_pp_local(centres, np.maximum(counts, 1e-12), k, rng)
+    w = np.maximum(counts, 1e-12)
+    return _lloyd_local(centres, w, _kmeans_pp_local(centres, w, k, rng))
+
+
+def kmeans_lloyd(X, centres, summary: DataSummary, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL):
+    """Lloyd iterations, one pass each; stops when the squared centre shift <= tol * mean var."""
+    k, d = centres.shape
+    threshold = tol * float(np.mean(summary.var))
+    for _ in range(max_iter):
+        vec = reduce_blocks(X, _lloyd_kernel, 1 + k + k * d, centres, summary.mean)
+        counts, sums = vec[1 : 1 + k], vec[1 + k :].reshape(k, d)
+        step = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], 0.0)
+        centres = centres + step
+        if (step**2).sum() <= threshold:
+            break
+    return centres
+
+
+def sample_rows(X, m, summary: DataSummary, rng) -> np.ndarray:
+    """About ``m`` uniformly sampled rows (all rows when m >= n), float64 on the driver."""
+    if m >= summary.n_samples:
+        return np.asarray(X.compute(), dtype=np.float64)
+    parts = _per_chunk(X, _uniform_sample_kernel, m / summary.n_samples, int(rng.integers(2**31)))
+    return np.concatenate(parts)
+
+
+# ------------------------------------------------------------------------------------------
+# initial mixture parameters
+# ------------------------------------------------------------------------------------------
+
+
+def initial_centres(X, k, init_params, summary: DataSummary, rng) -> np.ndarray:
+    if init_params == "kmeans":
+        return kmeans_lloyd(X, kmeans_parallel_seeds(X, k, summary, rng), summary)
+    if init_params == "k-means++":
+        pts = sample_rows(X, max(KMEANS_PP_SAMPLE, 0), summary, rng)
+        return _kmeans_pp_local(pts, np.ones(pts.shape[0]), k, rng)
+    if init_params == "random_from_data":
+        idx = np.sort(rng.choice(summary.n_samples, size=k, replace=False))
+        return np.asarray(X[idx].compute(), dtype=np.float64)
+    raise ValueError(f"init_params must be one of {', '.join(INIT_PARAMS)}; got {init_params!r}")
+
+
+def initialize(
+    X: da.Array,
+    summary: DataSummary,
+    n_components: int,
+    covariance_type: str,
+    init_params: str,
+    rng: np.random.Generator,
+    reg_covar: float,
+    dtype: str = "float64",
+    weights_init=None,
+    means_init=None,
+    precisions_init=None,
+) -> MixtureParams:
+    """Initial :class:`MixtureParams` (see the module docstring)."""
+    k, d = n_components, summary.n_features
+    given = weights_init is not None and means_init is not None and precisions_init is not None
+    if given:
+        prec_chol = precision_cholesky_from_precisions(precisions_init, covariance_type)
+        return MixtureParams(
+            np.asarray(weights_init, dtype=np.float64),
+            np.asarray(means_init, dtype=np.float64),
+            covariances_from_cholesky(prec_chol, covariance_type),
+            prec_chol,
+            covariance_type,
+        )
+    length = vector_length(covariance_type, k, d)
+    if init_params == "random" and means_init is None:
+        centres = np.repeat(summary.mean[None, :], k, axis=0)
+        vec = reduce_blocks(
+            X, _random_resp_stats_kernel, length, centres, summary.mean, covariance_type, dtype,
+            int(rng.integers(2**31)), pass_block_id=True,
+        )
+    else:
+        if means_init is not None:
+            centres = np.asarray(means_init, dtype=np.float64)
+        else:
+            centres = initial_centres(X, k, init_params, summary, rng)
+        vec = reduce_blocks(
+            X, _labels_stats_kernel, length, dask.delayed(centres, pure=True), summary.mean,
+            covariance_type, dtype,
+        )
+    params, floored = SuffStats.from_vector(vec, centres, covariance_type).m_step(reg_covar, summary.scale)
+    warn_floored(floored, "initialisation")
+    if weights_init is not None:
+        params.weights = np.asarray(weights_init, dtype=np.float64)
+    if means_init is not None:
+        params.means = np.asarray(means_init, dtype=np.float64)
+    if precisions_init is not None:
+        params.precisions_cholesky = precision_cholesky_from_precisions(precisions_init, covariance_type)
+        params.covariances = covariances_from_cholesky(params.precisions_cholesky, covariance_type)
+    return params
+

@@ -1,0 +1,573 @@
+"""The :class:`GaussianMixture` estimator: scikit-learn's interface over out-of-core, distributed EM.
+
+``fit`` accepts a NumPy array or a Dask array (read from Zarr with :func:`pipeline.io.open_dataset`,
+say).  All heavy work runs chunk by chunk on the active Dask scheduler: the threaded scheduler
+by default, or a ``distributed`` cluster when a ``Client`` is active.  For Dask input,
+``predict``/``predict_proba``/``score_samples`` return lazy Dask arrays with the input's row
+chunks; for NumPy input they return NumPy arrays.
+
+Saved models (:meth:`GaussianMixture.save`) are a ``.npz`` archive of plain arrays plus JSON
+metadata with a SHA-256 checksum of each array: no pickle, loading never executes code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io as _io
+import json
+import numbers
+import os
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+
+from pipeline.em import (
+    EMResult,
+    IterationInfo,
+    reduce_blocks,
+    run_em,
+    summarize,
+    warn_not_converged,
+)
+from pipeline.exceptions import DataError, ModelFileError
+from pipeline.gaussian import (
+    COVARIANCE_TYPES,
+    MixtureParams,
+    log_responsibilities,
+    precisions_from_cholesky,
+)
+from pipeline.init import INIT_PARAMS, initialize
+from pipeline.stats import ROW_BLOCK, shifted_blocks
+
+#: default rows per chunk when a NumPy array is given
+DEFAULT_CHUNK_ROWS = 65536
+MODEL_FORMAT = "gmm-pipeline-model"
+MODEL_FORMAT_VERSION = 1
+_ARRAYS = ("weights", "means", "covariances", "precisions_cholesky", "history")
+
+
+def _is_dask(X) -> bool:
+    return isinstance(X, da.Array)
+
+
+def check_array(X, name="X", n_features=None, chunk_rows=None) -> tuple[da.Array, bool]:
+    """Validate and wrap input as a row-chunked Dask array; returns (array, input_was_dask).
+
+    Raises DataError for wrong ndim, non-numeric dtype, no rows or features, or a feature count
+    other than ``n_features``.  Values are checked for NaN/inf by the first pass over the data.
+    """
+    was_dask = _is_dask(X)
+    if not was_dask and not isinstance(X, np.ndarray):
+        try:
+            X = np.asarray(X)
+        except Exception as exc:  # ragged lists and the like
+            raise DataError(f"{name} cannot be converted to an array: {exc}") from exc
+    if X.dtype.kind not in "iuf":
+        raise DataError(
+            f"{name} has dtype {X.dtype}; expected a real numeric dtype (float or integer)"
+        )
+    if X.ndim != 2:
+        hint = " (use X.reshape(-1, 1) for a single feature)" if X.ndim == 1 else ""
+        raise DataError(f"{name} must be 2-D (n_samples, n_features); got shape {X.shape}{hint}")
+    if was_dask and any(math_isnan(c) for c in X.chunks[0]):
+        X = X.compute_chunk_sizes()
+    if X.shape[0] == 0:
+        raise DataError(f"{name} has 0 samples (shape {X.shape}); at least one is required")
+    if X.shape[1] == 0:
+        raise DataError(f"{name} has 0 features (shape {X.shape})")
+    if n_features is not None and X.shape[1] != n_features:
+        raise DataError(
+            f"{name} has {X.shape[1]} features, but the GaussianMixture was fitted with {n_features} features"
+        )
+    if not was_dask:
+        rows = chunk_rows or DEFAULT_CHUNK_ROWS
+        X = da.from_array(X, chunks=(min(rows, X.shape[0]), -1))
+    elif X.numblocks[1] != 1:
+        X = X.rechunk({1: -1})
+    return X, was_dask
+
+
+def math_isnan(v) -> bool:
+    return isinstance(v, float) and v != v
+
+
+def _distributed_client():
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+class GaussianMixture:
+    """Gaussian mixture model fitted by EM on chunked (possibly larger-than-memory) data.
+
+    Parameters are scikit-learn's (see ``sklearn.mixture.GaussianMixture``) plus:
+
+    dtype : {"float64", "float32"}
+        Compute precision of the E step and of the statistics' GEMMs.  Statistics are always
+        accumulated in float64 across blocks and chunks.
+    cache : {"auto", "memory", "none"}
+        Whether to keep the data in (worker) memory between iterations.  "auto" persists data
+        that is already in memory (NumPy input, persisted Dask arrays) or small (< 1/4 of the
+        available worker memory), and streams it from its source (e.g. Zarr) every iteration
+        otherwise.
+    chunk_rows : int or None
+        Rows per chunk when a NumPy array is given (Dask arrays keep their chunks).
+    """
+
+    def __init__(
+        self,
+        n_components=1,
+        *,
+        covariance_type="full",
+        tol=1e-3,
+        reg_covar=1e-6,
+        max_iter=100,
+        n_init=1,
+        init_params="kmeans",
+        weights_init=None,
+        means_init=None,
+        precisions_init=None,
+        random_state=None,
+        verbose=0,
+        verbose_interval=10,
+        dtype="float64",
+        cache="auto",
+        chunk_rows=None,
+    ):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
+        self.random_state = random_state
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
+        self.dtype = dtype
+        self.cache = cache
+        self.chunk_rows = chunk_rows
+
+    # ------------------------------------------------------------------ sklearn plumbing
+    @classmethod
+    def _get_param_names(cls):
+        sig = inspect.signature(cls.__init__)
+        return sorted(p for p in sig.parameters if p != "self")
+
+    def get_params(self, deep=True):
+        return {name: getattr(self, name) for name in self._get_param_names()}
+
+    def set_params(self, **params):
+        valid = self._get_param_names()
+        for key, value in params.items():
+            if key not in valid:
+                raise ValueError(
+                    f"Invalid parameter {key!r} for estimator GaussianMixture. Valid parameters are: {valid!r}."
+                )
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self):
+        defaults = {
+            p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values() if p.name != "self"
+        }
+        changed = []
+        for k, v in self.get_params().items():
+            d = defaults.get(k)
+            same = v is d or (not isinstance(v, np.ndarray) and not isinstance(d, np.ndarray) and v == d)
+            if not same:
+                changed.append(f"{k}={v!r}")
+        return f"GaussianMixture({', '.join(changed)})"
+
+    def __sklearn_tags__(self):
+        from sklearn.utils import Tags, TargetTags, InputTags, ClusteringTags  # noqa: F401
+
+        tags = Tags(estimator_type="clusterer", target_tags=TargetTags(required=False))
+        tags.input_tags = InputTags()
+        return tags
+
+    _estimator_type = "clusterer"
+
+    # ------------------------------------------------------------------ validation
+    def _validate_params(self, n_samples):
+        def err(name, msg):
+            raise ValueError(f"GaussianMixture parameter {name!r} {msg}; got {getattr(self, name)!r}")
+
+        def integer(v):
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        if not integer(self.n_components) or self.n_components < 1:
+            err("n_components", "must be an integer >= 1")
+        if self.covariance_type not in COVARIANCE_TYPES:
+            err("covariance_type", f"must be one of {', '.join(COVARIANCE_TYPES)}")
+        if not isinstance(self.tol, numbers.Real) or isinstance(self.tol, bool) or self.tol < 0:
+            err("tol", "must be a number >= 0")
+        if not isinstance(self.reg_covar, numbers.Real) or isinstance(self.reg_covar, bool) or self.reg_covar < 0:
+            err("reg_covar", "must be a number >= 0")
+        if not integer(self.max_iter) or self.max_iter < 0:
+            err("max_iter", "must be an integer >= 0")
+        if not integer(self.n_init) or self.n_init < 1:
+            err("n_init", "must be an integer >= 1")
+        if self.init_params not in INIT_PARAMS:
+            err("init_params", f"must be one of {', '.join(INIT_PARAMS)}")
+        if str(self.dtype) not in ("float32", "float64"):
+            err("dtype", "must be 'float32' or 'float64'")
+        if self.cache not in ("auto", "memory", "none"):
+            err("cache", "must be 'auto', 'memory' or 'none'")
+        if n_samples < self.n_components:
+            raise DataError(
+                f"Expected n_samples >= n_components but got n_components = {self.n_components}, "
+                f"n_samples = {n_samples}"
+            )
+
+    def _validate_inits(self, n_features):
+        k, d = self.n_components, n_features
+        if self.weights_init is not None:
+            w = np.asarray(self.weights_init, dtype=np.float64)
+            if w.shape != (k,):
+                raise ValueError(f"weights_init must have shape ({k},); got {w.shape}")
+            if np.any(w < 0) or np.any(w > 1) or not np.isclose(w.sum(), 1.0, atol=1e-6):
+                raise ValueError(f"weights_init must be in [0, 1] and sum to 1; got sum {w.sum():.6g}")
+        if self.means_init is not None:
+            m = np.asarray(self.means_init, dtype=np.float64)
+            if m.shape != (k, d):
+                raise ValueError(f"means_init must have shape ({k}, {d}); got {m.shape}")
+        if self.precisions_init is not None:
+            from pipeline.gaussian import covariance_shape
+
+            shape = covariance_shape(self.covariance_type, k, d)
+            p = np.asarray(self.precisions_init, dtype=np.float64)
+            if p.shape != shape:
+                raise ValueError(
+                    f"precisions_init for covariance_type={self.covariance_type!r} must have shape {shape}; got {p.shape}"
+                )
+
+    def _rng(self):
+        rs = self.random_state
+        if isinstance(rs, np.random.Generator):
+            return rs
+        if isinstance(rs, np.random.RandomState):
+            return np.random.default_rng(rs.randint(2**31))
+        return np.random.default_rng(rs)
+
+    # ------------------------------------------------------------------ caching
+    def _maybe_cache(self, X: da.Array, was_dask: bool) -> da.Array:
+        mode = self.cache
+        if mode == "none":
+            return X
+        if mode == "auto":
+            client = _distributed_client()
+            if not was_dask:
+                # NumPy input is in memory already; with a cluster, send it to the workers once
+                return X.persist() if client is not None else X
+            budget = _memory_budget(client)
+            if X.nbytes > budget:
+                return X
+        return X.persist()
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X, y=None, *, callback=None):
+        """Fit by EM; ``callback(IterationInfo)`` is called after every iteration."""
+        self._fit(X, callback=callback)
+        return self
+
+    def fit_predict(self, X, y=None):
+        self._fit(X)
+        return self.predict(X)
+
+    def _fit(self, X, callback=None):
+        t_start = time.perf_counter()
+        X, was_dask = check_array(X, chunk_rows=self.chunk_rows)
+        self._validate_params(X.shape[0])
+        self._validate_inits(X.shape[1])
+        X = self._maybe_cache(X, was_dask)
+        summary = summarize(X)
+        self.n_features_in_ = X.shape[1]
+        rng = self._rng()
+        best: EMResult | None = None
+        best_init = 0
+        self.init_history_ = []
+        for init in range(self.n_init):
+            if self.verbose:
+                print(f"Initialization {init}", file=sys.stderr)
+            params0 = initialize(
+                X,
+                summary,
+                self.n_components,
+                self.covariance_type,
+                self.init_params,
+                rng,
+                self.reg_covar,
+                self.dtype,
+                self.weights_init,
+                self.means_init,
+                self.precisions_init,
+            )
+            if self.max_iter == 0:
+                result = EMResult(params0, [], False, 0)
+            else:
+                result = run_em(
+                    X,
+                    params0,
+                    tol=self.tol,
+                    max_iter=self.max_iter,
+                    reg_covar=self.reg_covar,
+                    dtype=str(self.dtype),
+                    scale=summary.scale,
+                    callback=self._make_callback(callback),
+                )
+            self.init_history_.append(result.history)
+            if best is None or result.lower_bound > best.lower_bound:
+                best, best_init = result, init
+        self._set_fitted(best)
+        self.best_init_ = best_init
+        self.fit_seconds_ = time.perf_counter() - t_start
+        warn_not_converged(best, self.max_iter)
+        return X
+
+    def _make_callback(self, user_callback):
+        def cb(info: IterationInfo):
+            if self.verbose and (self.verbose >= 2 or info.n_iter % self.verbose_interval == 0):
+                print(
+                    f"  Iteration {info.n_iter}\t time lapse {info.seconds:.5f}s\t ll change {info.change:.5f}",
+                    file=sys.stderr,
+                )
+            if user_callback is not None:
+                user_callback(info)
+
+        return cb
+
+    def _set_fitted(self, result: EMResult):
+        p = result.params
+        self.weights_ = p.weights
+        self.means_ = p.means
+        self.covariances_ = p.covariances
+        self.precisions_cholesky_ = p.precisions_cholesky
+        self.precisions_ = precisions_from_cholesky(p.precisions_cholesky, p.covariance_type)
+        self.converged_ = bool(result.converged)
+        self.n_iter_ = int(result.n_iter)
+        self.lower_bound_ = float(result.lower_bound)
+        self.history_ = list(map(float, result.history))
+        self.lower_bounds_ = self.history_
+
+    def _params(self) -> MixtureParams:
+        if not hasattr(self, "means_"):
+            raise AttributeError(
+                "This GaussianMixture instance is not fitted yet. Call 'fit' with appropriate arguments first."
+            )
+        return MixtureParams(self.weights_, self.means_, self.covariances_, self.precisions_cholesky_, self.covariance_type)
+
+    # ------------------------------------------------------------------ prediction
+    def _blockwise(self, X, fn, out_cols, dtype=np.float64):
+        params = self._params()
+        Xd, was_dask = check_array(X, n_features=self.n_features_in_, chunk_rows=self.chunk_rows)
+        plan = params.plan(str(self.dtype))
+        if not was_dask:
+            return fn(np.asarray(X), plan)
+        chunks = (Xd.chunks[0],) if out_cols is None else (Xd.chunks[0], (out_cols,))
+        kwargs = {"drop_axis": 1} if out_cols is None else {}
+        return Xd.map_blocks(
+            fn, dask.delayed(plan, pure=True), chunks=chunks, dtype=dtype, meta=np.empty((0,) * len(chunks), dtype=dtype), **kwargs
+        )
+
+    def predict_proba(self, X):
+        """Responsibilities (n_samples, n_components) float64."""
+        return self._blockwise(X, _proba_block, self.n_components)
+
+    def predict(self, X):
+        """Hard labels (n_samples,) int64: the component of highest responsibility."""
+        return self._blockwise(X, _labels_block, None, dtype=np.int64)
+
+    def score_samples(self, X):
+        """log p(x) per sample (n_samples,) float64."""
+        return self._blockwise(X, _score_block, None)
+
+    def score(self, X, y=None):
+        """Mean log-likelihood of X (a float), one pass over the data."""
+        params = self._params()
+        Xd, _ = check_array(X, n_features=self.n_features_in_, chunk_rows=self.chunk_rows)
+        plan = params.plan(str(self.dtype))
+        total, n = reduce_blocks(Xd, _score_sum_block, 2, dask.delayed(plan, pure=True))
+        return float(total / n)
+
+    def _n_parameters(self):
+        return self._params().n_parameters()
+
+    def bic(self, X):
+        n = X.shape[0]
+        return -2 * self.score(X) * n + self._n_parameters() * np.log(n)
+
+    def aic(self, X):
+        n = X.shape[0]
+        return -2 * self.score(X) * n + 2 * self._n_parameters()
+
+    def sample(self, n_samples=1, random_state=None):
+        """Draw ``n_samples`` points: returns (X (n, D), y (n,)) NumPy arrays."""
+        if n_samples < 1:
+            raise ValueError(f"Invalid value for 'n_samples': {n_samples}. The sampling requires at least one sample.")
+        p = self._params()
+        rng = np.random.default_rng(random_state if random_state is not None else self.random_state)
+        counts = rng.multinomial(n_samples, p.weights / p.weights.sum())
+        d = p.n_features
+        xs = []
+        for k, (mean, c) in enumerate(zip(p.means, counts)):
+            if self.covariance_type == "full":
+                xs.append(rng.multivariate_normal(mean, p.covariances[k], int(c), method="cholesky"))
+            elif self.covariance_type == "tied":
+                xs.append(rng.multivariate_normal(mean, p.covariances, int(c), method="cholesky"))
+            elif self.covariance_type == "diag":
+                xs.append(mean + rng.standard_normal((int(c), d)) * np.sqrt(p.covariances[k]))
+            else:
+                xs.append(mean + rng.standard_normal((int(c), d)) * np.sqrt(p.covariances[k]))
+        y = np.concatenate([np.full(c, k, dtype=np.int64) for k, c in enumerate(counts)])
+        return np.vstack(xs), y
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path):
+        """Write the fitted model to ``path`` (.npz + JSON metadata, checksummed), atomically."""
+        from pipeline.io import atomic_write_bytes
+
+        self._params()
+        arrays = {
+            "weights": np.asarray(self.weights_, dtype=np.float64),
+            "means": np.asarray(self.means_, dtype=np.float64),
+            "covariances": np.asarray(self.covariances_, dtype=np.float64),
+            "precisions_cholesky": np.asarray(self.precisions_cholesky_, dtype=np.float64),
+            "history": np.asarray(self.history_, dtype=np.float64),
+        }
+        params = {k: v for k, v in self.get_params().items() if k not in ("weights_init", "means_init", "precisions_init")}
+        if not isinstance(params["random_state"], (int, type(None))):
+            params["random_state"] = None
+        meta = {
+            "format": MODEL_FORMAT,
+            "version": MODEL_FORMAT_VERSION,
+            "params": params,
+            "attributes": {
+                "converged_": self.converged_,
+                "n_iter_": self.n_iter_,
+                "lower_bound_": self.lower_bound_,
+                "n_features_in_": int(self.n_features_in_),
+            },
+            "checksums": {k: _checksum(v) for k, v in arrays.items()},
+        }
+        buf = _io.BytesIO()
+        np.savez(buf, metadata=np.array(json.dumps(meta)), **arrays)
+        atomic_write_bytes(Path(path), buf.getvalue())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path):
+        """Read a model written by :meth:`save`; raises ModelFileError if damaged or foreign."""
+        path = Path(path)
+        if not path.is_file():
+            raise ModelFileError(f"model file {path} does not exist")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                files = {k: z[k] for k in z.files}
+        except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as exc:
+            raise ModelFileError(f"cannot read model file {path}: truncated, corrupted or not a .npz archive ({exc})") from exc
+        try:
+            meta = json.loads(str(files.pop("metadata")))
+        except (KeyError, json.JSONDecodeError) as exc:
+            raise ModelFileError(f"model file {path} has no valid metadata: not a gmm-pipeline model") from exc
+        if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+            raise ModelFileError(f"model file {path} is not a gmm-pipeline model")
+        if meta.get("version") != MODEL_FORMAT_VERSION:
+            raise ModelFileError(
+                f"model file {path} has format version {meta.get('version')}; this gmm-pipeline reads version {MODEL_FORMAT_VERSION}"
+            )
+        for name in _ARRAYS:
+            if name not in files:
+                raise ModelFileError(f"model file {path} lacks the array {name!r}")
+            if _checksum(files[name]) != meta["checksums"].get(name):
+                raise ModelFileError(
+                    f"model file {path}: array {name!r} does not match its checksum; the file was modified or corrupted"
+                )
+        try:
+            model = cls(**meta["params"])
+            attrs = meta["attributes"]
+            model.n_features_in_ = int(attrs["n_features_in_"])
+            model._set_fitted(
+                EMResult(
+                    MixtureParams(
+                        files["weights"], files["means"], files["covariances"], files["precisions_cholesky"],
+                        meta["params"]["covariance_type"],
+                    ),
+                    list(files["history"]),
+                    bool(attrs["converged_"]),
+                    int(attrs["n_iter_"]),
+                )
+            )
+            model.lower_bound_ = float(attrs["lower_bound_"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"model file {path} has inconsistent metadata: {exc}") from exc
+        return model
+
+
+def _checksum(a: np.ndarray) -> str:
+    a = np.ascontiguousarray(a)
+    h = hashlib.sha256()
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _memory_budget(client) -> float:
+    """Bytes of data we are willing to persist: a quarter of the workers' (or host's) memory."""
+    if client is not None:
+        from pipeline.cluster import worker_memory_limits
+
+        limits = worker_memory_limits(client)
+        if limits and all(limits):
+            return 0.25 * sum(limits)
+    try:
+        import psutil
+
+        return 0.25 * psutil.virtual_memory().available
+    except ImportError:  # pragma: no cover
+        return 0.25 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+# ---------------------------------------------------------------------- block kernels
+
+
+def _iter_log_resp(x, plan):
+    for xc in shifted_blocks(x, plan.shift, plan.dtype):
+        yield log_responsibilities(xc, plan)
+
+
+def _proba_block(x, plan):
+    if x.shape[0] == 0:
+        return np.empty((0, plan.n_components))
+    return np.concatenate([np.exp(lr) for _, lr in _iter_log_resp(x, plan)])
+
+
+def _labels_block(x, plan):
+    if x.shape[0] == 0:
+        return np.empty((0,), dtype=np.int64)
+    return np.concatenate([lr.argmax(axis=1) for _, lr in _iter_log_resp(x, plan)]).astype(np.int64)
+
+
+def _score_block(x, plan):
+    if x.shape[0] == 0:
+        return np.empty((0,))
+    return np.concatenate([lpx for lpx, _ in _iter_log_resp(x, plan)])
+
+
+def _score_sum_block(x, plan):
+    return np.array([_score_block(x, plan).sum(), x.shape[0]])
+
+
+__all__ = ["GaussianMixture", "check_array", "ROW_BLOCK"]

@@ -1,0 +1,203 @@
+"""Sufficient statistics of a Gaussian mixture as a mergeable value: pure NumPy, no Dask.
+
+One chunk of rows gives a :class:`SuffStats` (``from_chunk``); two are combined with the
+associative :meth:`SuffStats.merge` (addition: every field is a sum over rows); the M step
+(:meth:`SuffStats.m_step`) turns the totals into new parameters.  Statistics are centred at
+per-component centres ``c_k`` (the previous means in EM), accumulated in float64 whatever the
+compute dtype, so a large common offset in the data does not cancel catastrophically.
+
+On the wire a statistic is one flat float64 vector (``to_vector``/``from_vector``):
+``[n_rows, sum log p(x), n_nonfinite, s0 (K), s1 (K*D), s2 (K*D*D or K*D)]``.  Adding vectors
+is merging statistics, so Dask's own tree-reducing ``sum`` does the reduction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.gaussian import (
+    EStepPlan,
+    MixtureParams,
+    covariances_from_stats,
+    floor_covariances,
+    log_responsibilities,
+)
+
+#: rows per block inside a chunk: keeps the (B, K*D) temporaries of the E step cache-sized.
+ROW_BLOCK = 4096
+#: added to every N_k, as scikit-learn does, so empty components never divide by zero.
+NK_FLOOR = 10 * np.finfo(np.float64).eps
+_HEADER = 3
+
+
+def second_order_shape(covariance_type: str, n_components: int, n_features: int) -> tuple:
+    if covariance_type in ("full", "tied"):
+        return (n_components, n_features, n_features)
+    return (n_components, n_features)
+
+
+def vector_length(covariance_type: str, n_components: int, n_features: int) -> int:
+    k, d = n_components, n_features
+    return _HEADER + k + k * d + int(np.prod(second_order_shape(covariance_type, k, d)))
+
+
+@dataclass
+class SuffStats:
+    """Sums over rows: n, sum log p(x), s0 = sum r, s1 = sum r (x - c), s2 = sum r (x-c)(x-c)^T."""
+
+    covariance_type: str
+    centres: np.ndarray  # (K, D) float64, the c_k the sums are centred at
+    n: float
+    loglik: float
+    n_nonfinite: float
+    s0: np.ndarray
+    s1: np.ndarray
+    s2: np.ndarray
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def zeros(cls, centres, covariance_type) -> "SuffStats":
+        centres = np.asarray(centres, dtype=np.float64)
+        k, d = centres.shape
+        return cls(
+            covariance_type,
+            centres,
+            0.0,
+            0.0,
+            0.0,
+            np.zeros(k),
+            np.zeros((k, d)),
+            np.zeros(second_order_shape(covariance_type, k, d)),
+        )
+
+    @classmethod
+    def from_chunk(cls, x, plan: EStepPlan, centres, covariance_type) -> "SuffStats":
+        """E step on one chunk: responsibilities from ``plan`` and the partial statistics.
+
+        x : (n, D) numeric array (any float/int dtype; converted block by block to the plan's
+        dtype).  centres : (K, D) float64, normally the current means.
+        """
+        st = cls.zeros(centres, covariance_type)
+        for xc in shifted_blocks(x, plan.shift, plan.dtype):
+            lpx, log_resp = log_responsibilities(xc, plan)
+            if not np.all(np.isfinite(lpx)):
+                st.n_nonfinite += float(np.count_nonzero(~np.isfinite(xc)))
+                ok = np.isfinite(lpx)
+                lpx, log_resp, xc = lpx[ok], log_resp[ok], xc[ok]
+            st.loglik += float(lpx.sum())
+            st._accumulate(xc, np.exp(log_resp), plan.shift)
+        return st
+
+    @classmethod
+    def from_labels(cls, x, labels, centres, covariance_type, shift, dtype="float64") -> "SuffStats":
+        """Statistics of a hard assignment (one-hot responsibilities), e.g. from k-means."""
+        st = cls.zeros(centres, covariance_type)
+        k = st.s0.shape[0]
+        start = 0
+        for xc in shifted_blocks(x, shift, dtype):
+            lab = labels[start : start + xc.shape[0]]
+            start += xc.shape[0]
+            resp = np.zeros((xc.shape[0], k))
+            resp[np.arange(xc.shape[0]), lab] = 1.0
+            st._accumulate(xc, resp, shift)
+        return st
+
+    @classmethod
+    def from_resp(cls, x, resp, centres, covariance_type, shift, dtype="float64") -> "SuffStats":
+        """Statistics of given responsibilities ``resp`` (n, K)."""
+        st = cls.zeros(centres, covariance_type)
+        start = 0
+        for xc in shifted_blocks(x, shift, dtype):
+            st._accumulate(xc, np.asarray(resp[start : start + xc.shape[0]], dtype=np.float64), shift)
+            start += xc.shape[0]
+        return st
+
+    def _accumulate(self, xc, resp, shift) -> None:
+        """Add the rows ``xc = x - shift`` (B, D) with responsibilities ``resp`` (B, K) float64."""
+        self.n += xc.shape[0]
+        nk = resp.sum(axis=0)
+        self.s0 += nk
+        d = self.centres - np.asarray(shift, dtype=np.float64)  # c_k - shift, (K, D)
+        if self.covariance_type in ("full", "tied"):
+            dt = xc.dtype
+            d_c = d.astype(dt)
+            resp_c = resp.astype(dt, copy=False)
+            for k in range(d.shape[0]):
+                if nk[k] == 0.0:
+                    continue
+                dk = xc - d_c[k]  # x - c_k, (B, D)
+                w = dk * resp_c[:, k : k + 1]
+                self.s1[k] += w.sum(axis=0, dtype=np.float64)
+                self.s2[k] += w.T @ dk
+        else:
+            x64 = xc.astype(np.float64, copy=False)
+            rx = resp.T @ x64
+            rxx = resp.T @ (x64 * x64)
+            self.s1 += rx - nk[:, None] * d
+            self.s2 += rxx - 2.0 * d * rx + nk[:, None] * d * d
+
+    # ---------------------------------------------------------------- merging
+    def merge(self, other: "SuffStats") -> "SuffStats":
+        """Associative, commutative merge (sums); both must share centres and type."""
+        if other.covariance_type != self.covariance_type or not np.array_equal(other.centres, self.centres):
+            raise ValueError("cannot merge statistics centred differently")
+        return SuffStats(
+            self.covariance_type,
+            self.centres,
+            self.n + other.n,
+            self.loglik + other.loglik,
+            self.n_nonfinite + other.n_nonfinite,
+            self.s0 + other.s0,
+            self.s1 + other.s1,
+            self.s2 + other.s2,
+        )
+
+    def to_vector(self) -> np.ndarray:
+        return np.concatenate(
+            [[self.n, self.loglik, self.n_nonfinite], self.s0, self.s1.ravel(), self.s2.ravel()]
+        )
+
+    @classmethod
+    def from_vector(cls, vec, centres, covariance_type) -> "SuffStats":
+        centres = np.asarray(centres, dtype=np.float64)
+        k, d = centres.shape
+        vec = np.asarray(vec, dtype=np.float64)
+        if vec.shape != (vector_length(covariance_type, k, d),):
+            raise ValueError(f"statistics vector has shape {vec.shape}, expected ({vector_length(covariance_type, k, d)},)")
+        i = _HEADER
+        s0 = vec[i : i + k]
+        i += k
+        s1 = vec[i : i + k * d].reshape(k, d)
+        i += k * d
+        s2 = vec[i:].reshape(second_order_shape(covariance_type, k, d))
+        return cls(covariance_type, centres, vec[0], vec[1], vec[2], s0.copy(), s1.copy(), s2.copy())
+
+    # ---------------------------------------------------------------- M step
+    @property
+    def mean_loglik(self) -> float:
+        return self.loglik / self.n if self.n else float("nan")
+
+    def m_step(self, reg_covar: float, scale: float = 1.0) -> tuple[MixtureParams, list[int]]:
+        """New parameters from the totals; returns (params, indices of floored components).
+
+        pi_k = N_k / N, mu_k = c_k + s1_k / N_k, Sigma_k = s2_k / N_k - e e^T + reg_covar I.
+        """
+        nk = self.s0 + NK_FLOOR
+        weights = nk / nk.sum()
+        means = self.centres + self.s1 / nk[:, None]
+        cov = covariances_from_stats(nk, self.s1, self.s2, reg_covar, self.covariance_type)
+        cov, prec_chol, floored = floor_covariances(cov, self.covariance_type, scale, reg_covar)
+        return MixtureParams(weights, means, cov, prec_chol, self.covariance_type), floored
+
+
+def shifted_blocks(x, shift, dtype):
+    """Yield ``x[i:i+B] - shift`` as contiguous arrays of ``dtype``, B = ROW_BLOCK rows."""
+    dt = np.dtype(dtype)
+    shift = np.asarray(shift).astype(dt)
+    for start in range(0, x.shape[0], ROW_BLOCK):
+        xb = np.asarray(x[start : start + ROW_BLOCK])
+        xc = xb.astype(dt, copy=True) if xb.dtype != dt else xb.copy()
+        xc -= shift
+        yield xc
