@@ -192,11 +192,10 @@ class GaussianMixture:
         return f"GaussianMixture({', '.join(changed)})"
 
     def __sklearn_tags__(self):
-        from sklearn.utils import Tags, TargetTags, InputTags, ClusteringTags  # noqa: F401
+        """Estimator tags for scikit-learn tooling (only called by scikit-learn itself)."""
+        from sklearn.utils import Tags, TargetTags
 
-        tags = Tags(estimator_type="clusterer", target_tags=TargetTags(required=False))
-        tags.input_tags = InputTags()
-        return tags
+        return Tags(estimator_type="clusterer", target_tags=TargetTags(required=False))
 
     _estimator_type = "clusterer"
 
