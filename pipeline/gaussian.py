@@ -17,9 +17,10 @@ matrix).  It is obtained by a triangular solve of the Cholesky factor, never by 
 covariance matrix.  All log-densities are computed from ``L`` in log space.
 
 The E step is organised for speed: :class:`EStepPlan` prepares, once per iteration, the small
-arrays every chunk needs, so that the quadratic forms of all K components come from one wide
-GEMM ``(X - c) @ [L_1 ... L_K]`` per block of rows (``c`` is a shift near the data, so that a
-large common offset does not cancel).
+arrays every chunk needs, so that the quadratic forms of all K components come from one GEMM
+per block of rows on the rows' outer products, and the statistics from one more (see
+:class:`EStepPlan`); rows are shifted by ``c`` near the data first, so that a large common
+offset does not cancel.
 """
 
 from __future__ import annotations
@@ -145,33 +146,82 @@ def log_det_cholesky(prec_chol: np.ndarray, covariance_type: str, n_features: in
 # --------------------------------------------------------------------------------------------
 
 
+#: the fast outer-product kernel is used while ``eps(dtype) * max_k |mu_k - shift|^2_{P_k}`` (the
+#: relative precision lost to cancellation) stays below this bound for the compute dtype; beyond
+#: it (components very many standard deviations from the shift) float32 is promoted to float64,
+#: and beyond that the per-component centred kernel is used.  float32 results are only ~1e-4
+#: accurate to begin with, hence its looser bound (about 90 standard deviations).
+FAST_PATH_MAX_LOSS = {"float32": 1e-3, "float64": 1e-8}
+
+
 @dataclass(frozen=True)
 class EStepPlan:
     """Everything a chunk needs to compute weighted log-densities of all components.
 
-    kind "quad" (full, tied): ``lcat`` (D, K*D) = [L_1 ... L_K], ``offset`` (K*D,) = concat of
-    ``(mu_k - shift) @ L_k``.  kind "diag" (diag, spherical): ``prec`` (K, D) precisions,
-    ``offset`` (K, D) = ``mu_k - shift`` and ``quad_const`` (K,) = sum_d prec * offset**2.
-    ``const`` (K,) is ``log pi_k + log det L_k - D/2 log(2 pi)``.  Arrays used by GEMMs are in
-    the compute ``dtype``; constants stay float64.
+    ``kind`` selects the kernel:
+
+    - "outer" (full, tied; the fast path).  With ``xc = x - shift`` and ``z`` the upper
+      triangle of ``xc xc^T`` (D(D+1)/2 values) followed by ``xc`` itself, every Mahalanobis
+      distance is linear in ``z``: ``maha_k = z @ wmat[:, k] + wconst_k``, with ``wmat``
+      (D(D+1)/2 + D, K) holding ``P_k`` (off-diagonals doubled) and ``-2 P_k d_k``, and
+      ``wconst_k = d_k^T P_k d_k`` (``d_k = mu_k - shift``).  The statistics are then
+      ``z^T @ resp``: one GEMM each way per block, shared by all components.
+    - "centred" (full, tied; components far from the shift in whitened units, where the
+      expanded form would cancel): ``lcat`` (D, K*D) = [L_1 ... L_K] and ``offset`` (K*D,)
+      = concat ``d_k @ L_k``; ``maha_k = |xc @ L_k - d_k @ L_k|^2``, statistics per component.
+    - "diag" (diag, spherical): ``prec`` (K, D) precisions, ``offset`` (K, D) = ``d_k``,
+      ``wconst`` (K,) = sum_d prec * d**2.
+
+    ``const`` (K,) is ``log pi_k + log det L_k - D/2 log(2 pi)``.  GEMM operands are in the
+    compute ``dtype``; constants stay float64.
     """
 
     kind: str
     shift: np.ndarray
     const: np.ndarray
+    dtype: str = "float64"
+    wmat: np.ndarray | None = None
+    wconst: np.ndarray | None = None
     lcat: np.ndarray | None = None
     offset: np.ndarray | None = None
     prec: np.ndarray | None = None
-    quad_const: np.ndarray | None = None
-    dtype: str = "float64"
 
     @property
     def n_components(self) -> int:
         return self.const.shape[0]
 
 
-def make_plan(weights, means, prec_chol, covariance_type, dtype="float64", shift=None) -> EStepPlan:
-    """Prepare the E step for the given parameters (driver side, O(K*D^2))."""
+def triu_weights(precisions: np.ndarray) -> np.ndarray:
+    """(D(D+1)/2, K) weights so that ``z_triu @ w[:, k] = x^T P_k x`` (off-diagonals doubled)."""
+    d = precisions.shape[-1]
+    iu, ju = np.triu_indices(d)
+    return (precisions[:, iu, ju] * np.where(iu == ju, 1.0, 2.0)).T
+
+
+def outer_features(xc: np.ndarray) -> np.ndarray:
+    """(D(D+1)/2 + D, B): upper triangle of every row's outer product, then the row; transposed.
+
+    Built row by row of ``xc.T`` so each product is a contiguous vector operation.
+    """
+    xt = np.ascontiguousarray(xc.T)
+    d, b = xt.shape
+    z = np.empty((d * (d + 1) // 2 + d, b), dtype=xc.dtype)
+    o = 0
+    for i in range(d):
+        np.multiply(xt[i], xt[i:], out=z[o : o + d - i])
+        o += d - i
+    z[o:] = xt
+    return z
+
+
+def make_plan(weights, means, prec_chol, covariance_type, dtype="float64", shift=None, kernel="auto") -> EStepPlan:
+    """Prepare the E step for the given parameters (driver side, O(K*D^2)).
+
+    ``kernel`` ("auto", "outer" or "centred") chooses the full/tied kernel; "auto" takes the
+    fast "outer" kernel unless cancellation would cost precision (see FAST_PATH_MAX_LOSS).
+    """
+    if kernel not in ("auto", "outer", "centred"):
+        raise ValueError(f"kernel must be 'auto', 'outer' or 'centred'; got {kernel!r}")
     weights = np.asarray(weights, dtype=np.float64)
     means = np.asarray(means, dtype=np.float64)
     n_components, n_features = means.shape
@@ -185,37 +235,51 @@ def make_plan(weights, means, prec_chol, covariance_type, dtype="float64", shift
     if covariance_type in ("full", "tied"):
         if covariance_type == "tied":
             prec_chol = np.broadcast_to(prec_chol, (n_components, n_features, n_features))
+        precisions = np.einsum("kij,klj->kil", prec_chol, prec_chol)
+        whitened = np.einsum("kd,kde,ke->k", diff, precisions, diff)  # |d_k|^2 in P_k's metric
+        worst = float(np.max(whitened, initial=0.0))
+        if kernel == "auto" and worst * np.finfo(dt).eps > FAST_PATH_MAX_LOSS[dt.name] and dt != np.float64:
+            dt = np.dtype(np.float64)
+        if kernel == "outer" or (kernel == "auto" and worst * np.finfo(dt).eps <= FAST_PATH_MAX_LOSS[dt.name]):
+            wmat = np.concatenate([triu_weights(precisions), -2.0 * np.einsum("kde,ke->dk", precisions, diff)])
+            return EStepPlan("outer", shift.astype(dt), const, dt.name, wmat=wmat.astype(dt), wconst=whitened)
         lcat = np.ascontiguousarray(np.concatenate(list(prec_chol), axis=1))  # (D, K*D)
         offset = np.einsum("kd,kde->ke", diff, prec_chol).reshape(-1)
-        return EStepPlan("quad", shift.astype(dt), const, lcat=lcat.astype(dt), offset=offset.astype(dt), dtype=dt.name)
+        return EStepPlan("centred", shift.astype(dt), const, dt.name, lcat=lcat.astype(dt), offset=offset.astype(dt))
     if covariance_type == "spherical":
         prec = np.repeat((prec_chol**2)[:, None], n_features, axis=1)
     else:
         prec = prec_chol**2
-    quad_const = np.sum(prec * diff**2, axis=1)
-    return EStepPlan(
-        "diag", shift.astype(dt), const, offset=diff, prec=prec, quad_const=quad_const, dtype=dt.name
-    )
+    wconst = np.sum(prec * diff**2, axis=1)
+    return EStepPlan("diag", shift.astype(dt), const, dt.name, offset=diff, prec=prec, wconst=wconst)
 
 
-def weighted_log_prob(xc: np.ndarray, plan: EStepPlan) -> np.ndarray:
+def weighted_log_prob(xc: np.ndarray, plan: EStepPlan, z: np.ndarray | None = None) -> np.ndarray:
     """``log pi_k + log N(x | mu_k, Sigma_k)`` for a block of shifted rows ``xc = x - plan.shift``.
 
-    xc : (B, D) in the plan's dtype.  Returns (B, K) float64.
+    xc : (B, D) in the plan's dtype; z : its :func:`outer_features` if already computed
+    ("outer" plans).  Returns (B, K) float64.
     """
-    n_components = plan.n_components
-    if plan.kind == "quad":
+    if plan.kind == "outer":
+        if z is None:
+            z = outer_features(xc)
+        maha = (z.T @ plan.wmat).astype(np.float64, copy=False)
+        maha += plan.wconst
+        np.maximum(maha, 0.0, out=maha)
+    elif plan.kind == "centred":
         y = xc @ plan.lcat  # (B, K*D): all K whitening transforms in one GEMM
         y -= plan.offset
         y *= y
-        maha = y.reshape(xc.shape[0], n_components, -1).sum(axis=2, dtype=np.float64)
+        maha = y.reshape(xc.shape[0], plan.n_components, -1).sum(axis=2, dtype=np.float64)
     else:
         # sum_d p (x - m)^2 = x^2 @ p - 2 x @ (p m) + sum p m^2, in float64 (cheap for diag)
         x64 = xc.astype(np.float64, copy=False)
         maha = (x64 * x64) @ plan.prec.T
         maha -= 2.0 * (x64 @ (plan.prec * plan.offset).T)
-        maha += plan.quad_const
-    return plan.const - 0.5 * maha
+        maha += plan.wconst
+    maha *= -0.5
+    maha += plan.const
+    return maha
 
 
 def log_sum_exp(a: np.ndarray) -> np.ndarray:
@@ -231,6 +295,18 @@ def log_responsibilities(xc: np.ndarray, plan: EStepPlan) -> tuple[np.ndarray, n
     wlp = weighted_log_prob(xc, plan)
     lpx = log_sum_exp(wlp)
     return lpx, wlp - lpx[:, None]
+
+
+def responsibilities(wlp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(log p(x) (B,), r (B, K)) from weighted log-probabilities, with a single exp pass."""
+    amax = np.max(wlp, axis=1, keepdims=True)
+    amax[~np.isfinite(amax)] = 0.0
+    r = wlp - amax
+    np.exp(r, out=r)
+    s = r.sum(axis=1)
+    r /= s[:, None]
+    with np.errstate(divide="ignore"):
+        return amax[:, 0] + np.log(s), r
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,8 +417,8 @@ class MixtureParams:
     def n_features(self) -> int:
         return self.means.shape[1]
 
-    def plan(self, dtype="float64", shift=None) -> EStepPlan:
-        return make_plan(self.weights, self.means, self.precisions_cholesky, self.covariance_type, dtype, shift)
+    def plan(self, dtype="float64", shift=None, kernel="auto") -> EStepPlan:
+        return make_plan(self.weights, self.means, self.precisions_cholesky, self.covariance_type, dtype, shift, kernel)
 
     def arrays(self) -> dict:
         return {

@@ -23,10 +23,13 @@ from pipeline.gaussian import (
     covariances_from_stats,
     floor_covariances,
     log_responsibilities,
+    outer_features,
+    responsibilities,
+    weighted_log_prob,
 )
 
 #: rows per block inside a chunk: keeps the (B, K*D) temporaries of the E step cache-sized.
-ROW_BLOCK = 4096
+ROW_BLOCK = 1024
 #: added to every N_k, as scikit-learn does, so empty components never divide by zero.
 NK_FLOOR = 10 * np.finfo(np.float64).eps
 _HEADER = 3
@@ -80,6 +83,8 @@ class SuffStats:
         dtype).  centres : (K, D) float64, normally the current means.
         """
         st = cls.zeros(centres, covariance_type)
+        if plan.kind == "outer":
+            return st._add_outer_chunk(x, plan)
         for xc in shifted_blocks(x, plan.shift, plan.dtype):
             lpx, log_resp = log_responsibilities(xc, plan)
             if not np.all(np.isfinite(lpx)):
@@ -113,6 +118,40 @@ class SuffStats:
             st._accumulate(xc, np.asarray(resp[start : start + xc.shape[0]], dtype=np.float64), shift)
             start += xc.shape[0]
         return st
+
+    def _add_outer_chunk(self, x, plan: EStepPlan) -> "SuffStats":
+        """The fast path: per block, z = outer_features(x - shift); maha = z^T W; G += z @ r.
+
+        G (D(D+1)/2 + D, K) holds sum r (x-s)(x-s)^T (upper triangles) and sum r (x-s); it is
+        re-centred at the per-component centres once per chunk, in float64.
+        """
+        k, d = self.s1.shape
+        g = np.zeros((d * (d + 1) // 2 + d, k))
+        for xc in shifted_blocks(x, plan.shift, plan.dtype):
+            z = outer_features(xc)
+            lpx, resp = responsibilities(weighted_log_prob(xc, plan, z))
+            if not np.all(np.isfinite(lpx)):
+                self.n_nonfinite += float(np.count_nonzero(~np.isfinite(xc)))
+                ok = np.isfinite(lpx)
+                lpx, resp, z = lpx[ok], resp[ok], z[:, ok]
+            self.n += lpx.shape[0]
+            self.loglik += float(lpx.sum())
+            self.s0 += resp.sum(axis=0)
+            g += z @ resp.astype(z.dtype, copy=False)
+        iu, ju = np.triu_indices(d)
+        r2 = np.zeros((k, d, d))
+        r2[:, iu, ju] = g[: len(iu)].T
+        r2[:, ju, iu] = g[: len(iu)].T
+        r1 = g[len(iu) :].T
+        dk = self.centres - np.asarray(plan.shift, dtype=np.float64)
+        self.s1 = r1 - self.s0[:, None] * dk
+        self.s2 = (
+            r2
+            - np.einsum("ki,kj->kij", dk, r1)
+            - np.einsum("ki,kj->kij", r1, dk)
+            + self.s0[:, None, None] * np.einsum("ki,kj->kij", dk, dk)
+        )
+        return self
 
     def _accumulate(self, xc, resp, shift) -> None:
         """Add the rows ``xc = x - shift`` (B, D) with responsibilities ``resp`` (B, K) float64."""
