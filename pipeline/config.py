@@ -96,7 +96,10 @@ class GenerateConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the data is and how to read it.  ``path`` is absolute (or a URL)."""
+    """Where the data is and how to read it.
+
+    ``path`` is absolute (or a URL) when built by :func:`load_config` / :func:`config_from_dict`.
+    """
 
     path: str = "data/demo.zarr"
     array: str | None = None
@@ -153,7 +156,7 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """Where results go.  ``dir`` is absolute (or a URL)."""
+    """Where results go.  ``dir`` is absolute when built by :func:`load_config`."""
 
     dir: str = "runs/demo"
     overwrite: bool = False
@@ -297,6 +300,8 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, dict[str, int]]:
         mark = exc.problem_mark or exc.context_mark
         line = f", line {mark.line + 1}" if mark is not None else ""
         problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        if exc.context_mark is not None and mark is not None and exc.context_mark.line != mark.line:
+            problem += f" (the construct began on line {exc.context_mark.line + 1})"
         raise ConfigError(f"{source}{line}: YAML syntax error: {problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: YAML error: {exc}") from None
@@ -426,7 +431,10 @@ def _one_or_list(item_check, what: str):
             if len(set(out)) != len(out):
                 ctx.fail(key, v, "a list without repeated values", "has duplicates")
             return out
-        return item_check(v, key, ctx)
+        try:
+            return item_check(v, key, ctx)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}, or a non-empty list of them") from None
 
     return check
 
@@ -475,7 +483,12 @@ def _memory(v, key, ctx):
     try:
         return parse_memory(v)
     except ConfigError as exc:
-        ctx.fail(key, v, "a size with units like '4GiB', '4GB', '512MiB', or bytes", str(exc))
+        ctx.fail(
+            key,
+            v,
+            "a positive size with units like '4GiB', '4GB', '512MiB', or a number of bytes",
+            "is not a valid memory size",
+        )
 
 
 def _generate(v, key, ctx):
@@ -631,7 +644,9 @@ def _apply_override(raw: dict, text: str, source: str, where: dict[str, str]) ->
     try:
         value = yaml.safe_load(value_text) if value_text.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{label}: cannot parse the value {value_text!r} as YAML: {exc}") from None
+        raise ConfigError(
+            f"{label}: cannot parse the value {value_text!r} as YAML: {exc}"
+        ) from None
 
     parts = key.split(".")
     # check the key path against the schema before touching raw
@@ -658,9 +673,9 @@ def _apply_override(raw: dict, text: str, source: str, where: dict[str, str]) ->
         if child is None:
             child = node[p] = {}
         elif not isinstance(child, dict):
+            parent = ".".join(parts[: i + 1])
             raise ConfigError(
-                f"{label}: cannot set '{key}' because '{'.join(parts[: i + 1])}' is "
-                f"{child!r}, not a mapping"
+                f"{label}: cannot set '{key}' because '{parent}' is {child!r}, not a mapping"
             )
         node = child
     node[parts[-1]] = value
