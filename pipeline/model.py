@@ -12,15 +12,11 @@ metadata with a SHA-256 checksum of each array: no pickle, loading never execute
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import io as _io
-import json
 import numbers
 import os
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import dask
@@ -49,7 +45,6 @@ from pipeline.stats import ROW_BLOCK, shifted_blocks
 DEFAULT_CHUNK_ROWS = 65536
 MODEL_FORMAT = "gmm-pipeline-model"
 MODEL_FORMAT_VERSION = 1
-_ARRAYS = ("weights", "means", "covariances", "precisions_cholesky", "history")
 
 
 def _is_dask(X) -> bool:
@@ -436,22 +431,20 @@ class GaussianMixture:
     # ------------------------------------------------------------------ persistence
     def save(self, path):
         """Write the fitted model to ``path`` (.npz + JSON metadata, checksummed), atomically."""
-        from pipeline.io import atomic_write_bytes
+        from pipeline.io import write_archive
 
         self._params()
         arrays = {
-            "weights": np.asarray(self.weights_, dtype=np.float64),
-            "means": np.asarray(self.means_, dtype=np.float64),
-            "covariances": np.asarray(self.covariances_, dtype=np.float64),
-            "precisions_cholesky": np.asarray(self.precisions_cholesky_, dtype=np.float64),
+            "weights": self.weights_,
+            "means": self.means_,
+            "covariances": self.covariances_,
+            "precisions_cholesky": self.precisions_cholesky_,
             "history": np.asarray(self.history_, dtype=np.float64),
         }
         params = {k: v for k, v in self.get_params().items() if k not in ("weights_init", "means_init", "precisions_init")}
         if not isinstance(params["random_state"], (int, type(None))):
             params["random_state"] = None
         meta = {
-            "format": MODEL_FORMAT,
-            "version": MODEL_FORMAT_VERSION,
             "params": params,
             "attributes": {
                 "converged_": self.converged_,
@@ -459,68 +452,28 @@ class GaussianMixture:
                 "lower_bound_": self.lower_bound_,
                 "n_features_in_": int(self.n_features_in_),
             },
-            "checksums": {k: _checksum(v) for k, v in arrays.items()},
         }
-        buf = _io.BytesIO()
-        np.savez(buf, metadata=np.array(json.dumps(meta)), **arrays)
-        atomic_write_bytes(Path(path), buf.getvalue())
-        return Path(path)
+        return write_archive(path, {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}, meta, MODEL_FORMAT, MODEL_FORMAT_VERSION)
 
     @classmethod
     def load(cls, path):
         """Read a model written by :meth:`save`; raises ModelFileError if damaged or foreign."""
-        path = Path(path)
-        if not path.is_file():
-            raise ModelFileError(f"model file {path} does not exist")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                files = {k: z[k] for k in z.files}
-        except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as exc:
-            raise ModelFileError(f"cannot read model file {path}: truncated, corrupted or not a .npz archive ({exc})") from exc
-        try:
-            meta = json.loads(str(files.pop("metadata")))
-        except (KeyError, json.JSONDecodeError) as exc:
-            raise ModelFileError(f"model file {path} has no valid metadata: not a gmm-pipeline model") from exc
-        if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
-            raise ModelFileError(f"model file {path} is not a gmm-pipeline model")
-        if meta.get("version") != MODEL_FORMAT_VERSION:
-            raise ModelFileError(
-                f"model file {path} has format version {meta.get('version')}; this gmm-pipeline reads version {MODEL_FORMAT_VERSION}"
-            )
-        for name in _ARRAYS:
-            if name not in files:
-                raise ModelFileError(f"model file {path} lacks the array {name!r}")
-            if _checksum(files[name]) != meta["checksums"].get(name):
-                raise ModelFileError(
-                    f"model file {path}: array {name!r} does not match its checksum; the file was modified or corrupted"
-                )
+        from pipeline.io import read_archive
+
+        files, meta = read_archive(path, MODEL_FORMAT, MODEL_FORMAT_VERSION, error=ModelFileError)
         try:
             model = cls(**meta["params"])
             attrs = meta["attributes"]
             model.n_features_in_ = int(attrs["n_features_in_"])
-            model._set_fitted(
-                EMResult(
-                    MixtureParams(
-                        files["weights"], files["means"], files["covariances"], files["precisions_cholesky"],
-                        meta["params"]["covariance_type"],
-                    ),
-                    list(files["history"]),
-                    bool(attrs["converged_"]),
-                    int(attrs["n_iter_"]),
-                )
+            params = MixtureParams(
+                files["weights"], files["means"], files["covariances"], files["precisions_cholesky"],
+                meta["params"]["covariance_type"],
             )
+            model._set_fitted(EMResult(params, list(files["history"]), bool(attrs["converged_"]), int(attrs["n_iter_"])))
             model.lower_bound_ = float(attrs["lower_bound_"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"model file {path} has inconsistent metadata: {exc}") from exc
         return model
-
-
-def _checksum(a: np.ndarray) -> str:
-    a = np.ascontiguousarray(a)
-    h = hashlib.sha256()
-    h.update(f"{a.dtype.str}{a.shape}".encode())
-    h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def _memory_budget(client) -> float:

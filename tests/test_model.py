@@ -263,3 +263,51 @@ def test_invalid_parameters_name_the_parameter(params, match):
 def test_unfitted_model_says_so():
     with pytest.raises(AttributeError, match="not fitted"):
         GaussianMixture(2).predict(np.zeros((3, 2)))
+
+
+# --------------------------------------------------------------------- persistence
+
+
+def test_save_load_round_trip_predicts_the_same(tmp_path):
+    X, _ = blobs(400, seed=19)
+    g = GaussianMixture(3, covariance_type="tied", random_state=0).fit(X)
+    path = g.save(tmp_path / "model.npz")
+    h = GaussianMixture.load(path)
+    assert h.get_params() == g.get_params()
+    for a in ("weights_", "means_", "covariances_", "precisions_cholesky_", "history_"):
+        np.testing.assert_array_equal(getattr(h, a), getattr(g, a))
+    assert (h.converged_, h.n_iter_, h.lower_bound_) == (g.converged_, g.n_iter_, g.lower_bound_)
+    np.testing.assert_array_equal(h.predict(X), g.predict(X))
+    assert not list(tmp_path.glob(".*tmp*"))  # written atomically, no temporary left
+
+
+def test_loading_a_truncated_or_tampered_model_is_a_clear_error(tmp_path):
+    import zipfile
+
+    from pipeline.exceptions import ModelFileError
+
+    X, _ = blobs(200, seed=20)
+    path = GaussianMixture(2, random_state=0).fit(X).save(tmp_path / "m.npz")
+    data = path.read_bytes()
+    (tmp_path / "trunc.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="trunc.npz.*truncated"):
+        GaussianMixture.load(tmp_path / "trunc.npz")
+    # replace the means by other numbers, keeping the archive well-formed
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    fake = np.lib.format
+    import io
+
+    buf = io.BytesIO()
+    fake.write_array(buf, np.zeros((2, 3)))
+    members["means.npy"] = buf.getvalue()
+    with zipfile.ZipFile(tmp_path / "tampered.npz", "w") as z:
+        for n, b in members.items():
+            z.writestr(n, b)
+    with pytest.raises(ModelFileError, match="'means' does not match its checksum"):
+        GaussianMixture.load(tmp_path / "tampered.npz")
+    np.save(tmp_path / "other.npy", np.zeros(3))
+    with pytest.raises(ModelFileError, match="not a .npz|not a gmm-pipeline"):
+        GaussianMixture.load(tmp_path / "other.npy")
+    with pytest.raises(ModelFileError, match="does not exist"):
+        GaussianMixture.load(tmp_path / "missing.npz")
