@@ -168,6 +168,7 @@ class IterationInfo:
     rows_per_second: float
     params: MixtureParams
     history: list = field(default_factory=list)
+    state: object = None  # the estimator's FitState, set by GaussianMixture before user callbacks
 
 
 @dataclass

@@ -17,6 +17,7 @@ import numbers
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dask
@@ -99,6 +100,25 @@ def _distributed_client():
         return default_client()
     except (ImportError, ValueError):
         return None
+
+
+@dataclass
+class FitState:
+    """Where a fit is: enough to resume it with the same result as an uninterrupted fit.
+
+    ``init`` is the restart being run, ``params``/``history`` its EM state after the last
+    completed iteration (None/[] before its first), ``rng_state`` the random generator's state
+    after its initialisation, ``best``/``best_init`` the best finished restart so far and
+    ``init_history`` the histories of finished restarts.
+    """
+
+    init: int = 0
+    params: MixtureParams | None = None
+    history: list = field(default_factory=list)
+    rng_state: dict | None = None
+    best: EMResult | None = None
+    best_init: int = 0
+    init_history: list = field(default_factory=list)
 
 
 class GaussianMixture:
@@ -272,16 +292,23 @@ class GaussianMixture:
         return X.persist()
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X, y=None, *, callback=None):
-        """Fit by EM; ``callback(IterationInfo)`` is called after every iteration."""
-        self._fit(X, callback=callback)
+    def fit(self, X, y=None, *, callback=None, resume=None):
+        """Fit by EM.
+
+        callback : called as ``callback(info)`` after every EM iteration with an
+            :class:`pipeline.em.IterationInfo` whose ``state`` (a :class:`FitState`) is enough to
+            resume the fit later (the CLI checkpoints it).
+        resume : a :class:`FitState` from such a callback: the fit continues from it, with the
+            same result as an uninterrupted fit.
+        """
+        self._fit(X, callback=callback, resume=resume)
         return self
 
     def fit_predict(self, X, y=None):
         self._fit(X)
         return self.predict(X)
 
-    def _fit(self, X, callback=None):
+    def _fit(self, X, callback=None, resume=None):
         t_start = time.perf_counter()
         X, was_dask = check_array(X, chunk_rows=self.chunk_rows)
         self._validate_params(X.shape[0])
@@ -290,49 +317,43 @@ class GaussianMixture:
         summary = summarize(X)
         self.n_features_in_ = X.shape[1]
         rng = self._rng()
-        best: EMResult | None = None
-        best_init = 0
-        self.init_history_ = []
-        for init in range(self.n_init):
+        state = FitState() if resume is None else resume
+        for init in range(state.init, self.n_init):
             if self.verbose:
                 print(f"Initialization {init}", file=sys.stderr)
-            params0 = initialize(
-                X,
-                summary,
-                self.n_components,
-                self.covariance_type,
-                self.init_params,
-                rng,
-                self.reg_covar,
-                self.dtype,
-                self.weights_init,
-                self.means_init,
-                self.precisions_init,
-            )
+            if resume is not None and init == resume.init and resume.params is not None:
+                rng.bit_generator.state = resume.rng_state
+                params0, history = resume.params, resume.history
+            else:
+                params0 = initialize(
+                    X, summary, self.n_components, self.covariance_type, self.init_params, rng,
+                    self.reg_covar, self.dtype, self.weights_init, self.means_init, self.precisions_init,
+                )
+                history = []
+            state.init, state.rng_state = init, rng.bit_generator.state
             if self.max_iter == 0:
                 result = EMResult(params0, [], False, 0)
             else:
                 result = run_em(
-                    X,
-                    params0,
-                    tol=self.tol,
-                    max_iter=self.max_iter,
-                    reg_covar=self.reg_covar,
-                    dtype=str(self.dtype),
-                    scale=summary.scale,
-                    callback=self._make_callback(callback),
+                    X, params0, tol=self.tol, max_iter=self.max_iter, reg_covar=self.reg_covar,
+                    dtype=str(self.dtype), scale=summary.scale, history=history,
+                    callback=self._make_callback(callback, state),
                 )
-            self.init_history_.append(result.history)
-            if best is None or result.lower_bound > best.lower_bound:
-                best, best_init = result, init
-        self._set_fitted(best)
-        self.best_init_ = best_init
+            state.init_history.append(result.history)
+            if state.best is None or result.lower_bound > state.best.lower_bound:
+                state.best, state.best_init = result, init
+            state.params, state.history = None, []
+        self._set_fitted(state.best)
+        self.best_init_ = state.best_init
+        self.init_history_ = state.init_history
         self.fit_seconds_ = time.perf_counter() - t_start
-        warn_not_converged(best, self.max_iter)
+        warn_not_converged(state.best, self.max_iter)
         return X
 
-    def _make_callback(self, user_callback):
+    def _make_callback(self, user_callback, state):
         def cb(info: IterationInfo):
+            state.params, state.history = info.params, list(info.history)
+            info.state = state
             if self.verbose and (self.verbose >= 2 or info.n_iter % self.verbose_interval == 0):
                 print(
                     f"  Iteration {info.n_iter}\t time lapse {info.seconds:.5f}s\t ll change {info.change:.5f}",
