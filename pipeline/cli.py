@@ -1,0 +1,187 @@
+"""The ``gmm-pipeline`` command.
+
+::
+
+    gmm-pipeline run CONFIG [--set KEY=VALUE ...] [--resume]
+    gmm-pipeline generate --n-samples N --n-features D --n-components K --out X.zarr
+    gmm-pipeline convert IN.npy|IN.csv OUT.zarr
+    gmm-pipeline predict RUN_DIR|MODEL.npz DATA.zarr OUT.zarr
+    gmm-pipeline info RUN_DIR
+
+Failures exit non-zero with a one-line reason on stderr (``--debug`` shows the traceback):
+2 for a bad config or usage, 1 for anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from pipeline.exceptions import ConfigError, GMMPipelineError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gmm-pipeline", description="Out-of-core, distributed Gaussian mixture models by EM.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on failure")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="fit the model(s) a YAML config describes; write model, labels, report")
+    r.add_argument("config", help="YAML run configuration")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set model.n_components=8 (repeatable)")
+    r.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    r.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    g = sub.add_parser("generate", help="write a synthetic Gaussian mixture to Zarr, chunk by chunk")
+    g.add_argument("--n-samples", type=int, required=True)
+    g.add_argument("--n-features", type=int, required=True)
+    g.add_argument("--n-components", type=int, required=True)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--chunk-rows", type=int, default=65536)
+    g.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    g.add_argument("--separation", type=float, default=8.0)
+    g.add_argument("--out", required=True, help="output Zarr group (X, labels, true parameters)")
+    g.add_argument("--overwrite", action="store_true")
+
+    c = sub.add_parser("convert", help="convert .npy (memory-mapped) or CSV (streamed) to a Zarr array")
+    c.add_argument("input")
+    c.add_argument("output")
+    c.add_argument("--chunk-rows", type=int, default=65536)
+    c.add_argument("--overwrite", action="store_true")
+
+    pr = sub.add_parser("predict", help="labels and responsibilities of new data with a saved model")
+    pr.add_argument("model", help="a run directory or a model .npz")
+    pr.add_argument("data", help="Zarr array or group with the data")
+    pr.add_argument("output", help="output Zarr group (labels, responsibilities)")
+    pr.add_argument("--array", default=None, help="array name inside a data group")
+    pr.add_argument("--chunk-rows", type=int, default=None)
+    pr.add_argument("--no-responsibilities", action="store_true")
+    pr.add_argument("--overwrite", action="store_true")
+
+    i = sub.add_parser("info", help="summary of a finished or running run")
+    i.add_argument("run_dir")
+    i.add_argument("--json", action="store_true", help="print the report as JSON")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"run": _run, "generate": _generate, "convert": _convert, "predict": _predict, "info": _info}[
+            args.command
+        ](args)
+    except KeyboardInterrupt:
+        print("gmm-pipeline: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line for the user; the traceback on request
+        if args.debug:
+            traceback.print_exc()
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        kind = "" if isinstance(exc, GMMPipelineError) else f"{type(exc).__name__}: "
+        print(f"gmm-pipeline: error: {kind}{msg}", file=sys.stderr)
+        if not isinstance(exc, GMMPipelineError) and not args.debug:
+            print("gmm-pipeline: (run with --debug for the traceback)", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+
+
+def _run(args) -> int:
+    from pipeline.config import load_config
+    from pipeline.run import Printer, run
+
+    cfg = load_config(args.config, args.overrides)
+    result = run(cfg, resume=args.resume, printer=Printer(quiet=args.quiet))
+    sel = result.report["selected"]
+    print(f"done: {sel['name']} mean log-likelihood {sel['loglik']:.6f} -> {result.out_dir}", flush=True)
+    return 0
+
+
+def _generate(args) -> int:
+    from pipeline.io import generate_mixture
+
+    t = time.perf_counter()
+    info = generate_mixture(
+        args.out, n_samples=args.n_samples, n_features=args.n_features, n_components=args.n_components,
+        seed=args.seed, chunk_rows=args.chunk_rows, dtype=args.dtype, separation=args.separation,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {args.n_samples:,} x {args.n_features} ({args.n_components} components) to "
+          f"{info.get('path', args.out)} in {time.perf_counter() - t:.1f} s")
+    return 0
+
+
+def _convert(args) -> int:
+    from pipeline.io import convert
+
+    shape = convert(args.input, args.output, chunk_rows=args.chunk_rows, overwrite=args.overwrite)
+    print(f"wrote {shape[0]:,} x {shape[1]} to {args.output}")
+    return 0
+
+
+def _model_path(p: str) -> Path:
+    path = Path(p)
+    return path / "model.npz" if path.is_dir() else path
+
+
+def _predict(args) -> int:
+    import dask
+    import dask.array as da
+    import numpy as np
+
+    from pipeline.io import open_dataset, write_array_zarr
+    from pipeline.model import GaussianMixture
+
+    model = GaussianMixture.load(_model_path(args.model))
+    X = open_dataset(args.data, array=args.array, chunk_rows=args.chunk_rows)
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        from pipeline.exceptions import OutputExistsError
+
+        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
+    proba = model.predict_proba(X)
+    labels = proba.argmax(axis=1).astype(np.int32)
+    with dask.config.set(scheduler="threads"):
+        write_array_zarr(labels, out, name="labels", overwrite=args.overwrite)
+        if not args.no_responsibilities:
+            write_array_zarr(proba.astype(np.float32), out, name="responsibilities", overwrite=args.overwrite)
+    del da
+    print(f"wrote labels{'' if args.no_responsibilities else ' and responsibilities'} of {X.shape[0]:,} rows to {out}")
+    return 0
+
+
+def _info(args) -> int:
+    from pipeline.run import PROGRESS_NAME, staging_dir
+
+    d = Path(args.run_dir)
+    report = d / "report.json"
+    if report.is_file():
+        r = json.loads(report.read_text())
+        if args.json:
+            print(json.dumps(r, indent=2))
+            return 0
+        sel = r["selected"]
+        print(f"finished run {d}")
+        print(f"  data: {r['data']['path']} {r['data']['shape']} {r['data']['dtype']}")
+        print(f"  selected: {sel['name']}  loglik {sel['loglik']:.6f}  BIC {sel['bic']:.6g}  "
+              f"{sel['n_iter']} iterations  converged {sel['converged']}")
+        for c in r["candidates"]:
+            print(f"  candidate {c['name']}: loglik {c['loglik']:.6f} BIC {c['bic']:.6g} n_iter {c['n_iter']}")
+        print(f"  total time {r['timings'].get('total_s', float('nan')):.1f} s")
+        return 0
+    progress = staging_dir(d) / PROGRESS_NAME
+    if progress.is_file():
+        p = json.loads(progress.read_text())
+        age = time.time() - p["time"]
+        print(f"running (or interrupted) run {d}: candidate {p['candidate']} restart {p['restart']} "
+              f"iteration {p['iteration']} loglik {p['mean_loglik']:.8f}, last update {age:.0f} s ago")
+        return 0
+    from pipeline.exceptions import DataError
+
+    raise DataError(f"{d} is not a gmm-pipeline run directory (no report.json, no run in progress)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

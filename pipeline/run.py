@@ -1,0 +1,348 @@
+"""One batch run from a :class:`pipeline.config.RunConfig`: cluster, data, fits, outputs, report.
+
+Nothing is lost:
+
+- all outputs are written into a staging directory beside ``output.dir``
+  (``.<name>.partial``) and published by renames only when everything succeeded; a failed run
+  leaves an earlier run's outputs untouched;
+- an existing ``output.dir`` is never replaced unless ``output.overwrite: true``, and that is
+  checked before any work starts;
+- the staging directory holds the checkpoint (every ``checkpoint.every`` EM iterations, written
+  atomically): ``run(cfg, resume=True)`` continues from it after the driver was killed, and
+  refuses a checkpoint whose config or data differ from the current ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.exceptions import CheckpointError, OutputExistsError
+from pipeline.io import atomic_write_text, dataset_from_config
+from pipeline.model import GaussianMixture
+
+CHECKPOINT_NAME = "checkpoint.npz"
+PROGRESS_NAME = "progress.json"
+#: config sections that may differ between a run and its resumption
+_RESUME_IGNORES = ("cluster", "output", "checkpoint")
+
+
+def staging_dir(out: Path) -> Path:
+    return out.with_name(f".{out.name}.partial")
+
+
+def candidate_name(k: int, covariance_type: str) -> str:
+    return f"k{k}-{covariance_type}"
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    report: dict
+    model: GaussianMixture
+    candidates: list = field(default_factory=list)
+
+
+class Printer:
+    """Progress lines on stdout (flushed: a user or a log collector sees them at once)."""
+
+    def __init__(self, stream=None, quiet=False):
+        self.stream = stream or sys.stdout
+        self.quiet = quiet
+
+    def __call__(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, file=self.stream, flush=True)
+
+
+# ------------------------------------------------------------------------------------------
+# fingerprints
+# ------------------------------------------------------------------------------------------
+
+
+def config_fingerprint(cfg) -> dict:
+    d = cfg.to_dict()
+    return {k: v for k, v in d.items() if k not in _RESUME_IGNORES}
+
+
+def data_fingerprint(X: da.Array) -> dict:
+    """Shape, dtype, row chunks and a hash of the first and last rows (two small reads)."""
+    n = X.shape[0]
+    head, tail = dask.compute(X[: min(n, 1024)], X[max(0, n - 1024) :])
+    h = hashlib.sha256()
+    for part in (head, tail):
+        h.update(np.ascontiguousarray(part).tobytes())
+    return {
+        "shape": list(X.shape),
+        "dtype": str(X.dtype),
+        "row_chunks": [int(c) for c in X.chunks[0]][:3] + [len(X.chunks[0])],
+        "sha256_head_tail": h.hexdigest(),
+    }
+
+
+def _differences(a, b, prefix="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix[:-1]}: {b!r} in the checkpoint, {a!r} now"]
+
+
+# ------------------------------------------------------------------------------------------
+# the run
+# ------------------------------------------------------------------------------------------
+
+
+def check_output_dir(cfg, resume: bool) -> tuple[Path, Path]:
+    """Refuse, before any work, a run that would lose an earlier run's results."""
+    out = Path(cfg.output.dir)
+    stage = staging_dir(out)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"output.dir {out} exists and is a file")
+    if out.is_dir() and any(out.iterdir()) and not cfg.output.overwrite:
+        raise OutputExistsError(
+            f"output.dir {out} already holds an earlier run's results; set output.overwrite: true "
+            "(or --set output.overwrite=true) to replace them, or choose another output.dir"
+        )
+    if resume and not (stage / CHECKPOINT_NAME).is_file():
+        raise CheckpointError(f"--resume: no checkpoint at {stage / CHECKPOINT_NAME}; run without --resume")
+    if not resume and (stage / CHECKPOINT_NAME).is_file() and not cfg.output.overwrite:
+        raise OutputExistsError(
+            f"an interrupted run left a checkpoint at {stage}; pass --resume to continue it, or set "
+            "output.overwrite: true to discard it and start again"
+        )
+    return out, stage
+
+
+def run(cfg, resume: bool = False, printer: Printer | None = None, client=None) -> RunResult:
+    """Execute the run described by ``cfg``; returns the outputs' location and the report."""
+    from pipeline import cluster as cluster_mod
+
+    log = printer or Printer()
+    t0 = time.perf_counter()
+    out, stage = check_output_dir(cfg, resume)
+    timings = {}
+    # open (and if asked, generate) the data before starting a cluster: bad paths fail fast
+    if cfg.data.generate is not None and not os.path.exists(cfg.data.path):
+        log(f"generating demo data at {cfg.data.path} ...")
+    X = dataset_from_config(cfg.data)
+    timings["open_s"] = time.perf_counter() - t0
+    log(
+        f"data: {cfg.data.path} shape {X.shape} {X.dtype}, {len(X.chunks[0])} row chunks of "
+        f"{X.chunks[0][0]} rows ({X.nbytes / 2**20:.1f} MiB)"
+    )
+    if client is not None:
+        return _run_with_client(cfg, X, resume, log, client, out, stage, timings, t0)
+    t = time.perf_counter()
+    with cluster_mod.connect(cfg.cluster) as c:
+        timings["connect_s"] = time.perf_counter() - t
+        return _run_with_client(cfg, X, resume, log, c, out, stage, timings, t0)
+
+
+def _run_with_client(cfg, X, resume, log, client, out, stage, timings, t0) -> RunResult:
+    from pipeline import cluster as cluster_mod
+    from pipeline.report import build_report, write_report
+
+    info = cluster_mod.describe(client)
+    log(
+        f"cluster: {cfg.cluster.kind}, {info['n_workers']} workers, {info['total_threads']} threads, "
+        f"scheduler {info['scheduler_address']}"
+    )
+    if info.get("dashboard_link"):
+        log(f"dashboard: {info['dashboard_link']}")
+    fingerprints = {"config": config_fingerprint(cfg), "data": data_fingerprint(X)}
+
+    state, done = None, {}
+    if resume:
+        state, meta = load_checkpoint(stage / CHECKPOINT_NAME)
+        diffs = _differences(fingerprints, {"config": meta.get("config"), "data": meta.get("data")})
+        if diffs:
+            raise CheckpointError(
+                f"cannot resume from {stage / CHECKPOINT_NAME}: it was written for a different run: "
+                + "; ".join(diffs[:8])
+            )
+        done = meta.get("done", {})
+        log(f"resuming from checkpoint: candidate {meta['candidate']}, restart {state.init}, "
+            f"iteration {len(state.history)}")
+        resume_candidate = meta["candidate"]
+    else:
+        if stage.exists():
+            shutil.rmtree(stage)
+        resume_candidate = None
+    stage.mkdir(parents=True, exist_ok=True)
+    (stage / "candidates").mkdir(exist_ok=True)
+
+    m = cfg.model
+    cache = cfg.data.cache
+    results = []
+    t_fit = time.perf_counter()
+    for k, ct in m.candidates():
+        name = candidate_name(k, ct)
+        path = stage / "candidates" / f"{name}.npz"
+        if name in done and path.is_file():
+            est = GaussianMixture.load(path)
+            results.append({**done[name], "model": est})
+            log(f"candidate {name}: done before the interruption (BIC {done[name]['bic']:.6g})")
+            continue
+        est = GaussianMixture(
+            k, covariance_type=ct, init_params=m.init_params, n_init=m.n_init, max_iter=m.max_iter,
+            tol=m.tol, reg_covar=m.reg_covar, dtype=m.dtype, random_state=m.random_state, cache=cache,
+        )
+        log(f"candidate {name}: fitting ({m.init_params} init, {m.n_init} restart(s), dtype {m.dtype})")
+        callback = _iteration_callback(cfg, log, stage, name, fingerprints, done)
+        start_state = state if (state is not None and resume_candidate == name) else None
+        t = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            est.fit(X, callback=callback, resume=start_state)
+        for w in caught:
+            log(f"warning: {w.message}")
+        seconds = time.perf_counter() - t
+        loglik = est.score(X)
+        n = X.shape[0]
+        p = est._n_parameters()
+        entry = {
+            "name": name,
+            "n_components": k,
+            "covariance_type": ct,
+            "loglik": float(loglik),
+            "bic": float(-2 * loglik * n + p * np.log(n)),
+            "aic": float(-2 * loglik * n + 2 * p),
+            "n_parameters": p,
+            "n_iter": est.n_iter_,
+            "converged": est.converged_,
+            "lower_bound": est.lower_bound_,
+            "best_init": est.best_init_,
+            "seconds": seconds,
+            "history": est.history_,
+        }
+        est.save(path)
+        done[name] = entry
+        results.append({**entry, "model": est})
+        log(f"candidate {name}: log-likelihood {loglik:.6f}, BIC {entry['bic']:.6g}, "
+            f"{est.n_iter_} iterations, converged {est.converged_}, {seconds:.1f} s")
+    timings["fit_s"] = time.perf_counter() - t_fit
+
+    best = min(results, key=lambda r: r["bic"])
+    model = best["model"]
+    if len(results) > 1:
+        log(f"selected by BIC: {best['name']}")
+    model.save(stage / "model.npz")
+
+    t = time.perf_counter()
+    _write_point_outputs(cfg, model, X, stage, log)
+    timings["outputs_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+
+    report = build_report(cfg, X, results, best, timings, cluster_info=_describe_safe(client), fingerprints=fingerprints)
+    write_report(stage, report)
+    if cfg.output.plots:
+        from pipeline.report import write_plots
+
+        try:
+            write_plots(stage, model, X, results, best)
+        except ImportError:
+            log("plots skipped: matplotlib is not installed (pip install gmm-pipeline[plots])")
+    (stage / CHECKPOINT_NAME).unlink(missing_ok=True)
+    (stage / PROGRESS_NAME).unlink(missing_ok=True)
+    _publish(stage, out)
+    log(f"outputs: {out}")
+    return RunResult(out, report, model, results)
+
+
+def _describe_safe(client):
+    from pipeline import cluster as cluster_mod
+
+    try:
+        d = cluster_mod.describe(client)
+        return {k: v for k, v in d.items() if k != "workers"} | {"workers": len(d.get("workers", []))}
+    except Exception:  # pragma: no cover - reporting must not fail a finished run
+        return {}
+
+
+def _iteration_callback(cfg, log, stage, name, fingerprints, done):
+    every = cfg.checkpoint.every
+
+    def callback(info):
+        log(
+            f"  {name} restart {info.state.init} iter {info.n_iter:4d}  loglik {info.mean_loglik:.8f}  "
+            f"change {info.change:+.3e}  {info.seconds:.2f} s  {info.rows_per_second:,.0f} rows/s"
+        )
+        progress = {
+            "candidate": name, "restart": info.state.init, "iteration": info.n_iter,
+            "mean_loglik": info.mean_loglik, "change": info.change if np.isfinite(info.change) else None,
+            "time": time.time(),
+        }
+        atomic_write_text(stage / PROGRESS_NAME, json.dumps(progress))
+        if every and info.n_iter % every == 0:
+            save_checkpoint(
+                stage / CHECKPOINT_NAME, info.state,
+                {"candidate": name, "done": done, **fingerprints},
+            )
+
+    return callback
+
+
+def _write_point_outputs(cfg, model, X, stage, log):
+    """labels (int32, N) and responsibilities (float32, N x K) as Zarr with X's row chunks.
+
+    Both come from one graph (labels are the argmax of the responsibilities), so the data is
+    read once; each worker writes its own chunks.
+    """
+    if not (cfg.output.labels or cfg.output.responsibilities):
+        return
+    proba = model.predict_proba(X)
+    rows = proba.chunks[0]
+    if len(set(rows[:-1])) > 1 or (len(rows) > 1 and rows[-1] > rows[0]):
+        proba = proba.rechunk({0: max(rows)})  # Zarr needs regular chunks
+    targets = []
+    if cfg.output.responsibilities:
+        targets.append(da.to_zarr(proba.astype(np.float32), str(stage / "responsibilities.zarr"),
+                                  compute=False, overwrite=True))
+    if cfg.output.labels:
+        labels = proba.argmax(axis=1).astype(np.int32)
+        targets.append(da.to_zarr(labels, str(stage / "labels.zarr"), compute=False, overwrite=True))
+    dask.compute(*targets)
+    log("wrote " + ", ".join(n for n, on in (("labels.zarr", cfg.output.labels),
+                                             ("responsibilities.zarr", cfg.output.responsibilities)) if on))
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Replace ``out`` by ``stage`` with renames; the old outputs are removed only at the end."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.rename(out, old)
+        try:
+            os.rename(stage, out)
+        except BaseException:
+            os.rename(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(stage, out)
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("gmm-pipeline", "numpy", "scipy", "dask", "distributed", "zarr", "pyyaml"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out

@@ -1,0 +1,171 @@
+"""The `gmm-pipeline` command as a user runs it: YAML config in; model, labels, report out."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+
+from pipeline import GaussianMixture
+from pipeline.config import config_from_dict
+from pipeline.io import generate_mixture, open_dataset
+from pipeline.run import run
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "pipeline.cli"]
+
+
+def gmm(*args, cwd=None, timeout=300):
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+def small_config(tmp_path, **sections):
+    """The demo config, scaled down, written into tmp_path."""
+    cfg = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    cfg["data"]["path"] = str(tmp_path / "data.zarr")
+    cfg["data"]["chunk_rows"] = 5000
+    cfg["data"]["generate"].update(n_samples=20000, n_features=4, n_components=3, chunk_rows=5000)
+    cfg["model"]["n_components"] = 3
+    cfg["cluster"].update(n_workers=2, memory_limit="1GiB")
+    cfg["output"]["dir"] = str(tmp_path / "run")
+    for k, v in sections.items():
+        cfg[k].update(v)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, cfg
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, memory_limit="1GiB") as c, Client(c) as cl:
+        yield cl
+
+
+def test_demo_config_end_to_end_through_the_command(tmp_path):
+    config, cfg = small_config(tmp_path)
+    r = gmm("run", config)
+    assert r.returncode == 0, r.stderr
+    assert "iter    1" in r.stdout and "rows/s" in r.stdout and "dashboard: http://127.0.0.1:" in r.stdout
+    out = Path(cfg["output"]["dir"])
+    for name in ("model.npz", "report.json", "report.md", "labels.zarr", "responsibilities.zarr",
+                 "loglik.png", "clusters.png"):
+        assert (out / name).exists(), name
+    X = open_dataset(cfg["data"]["path"])
+    labels = zarr.open_array(out / "labels.zarr")
+    resp = zarr.open_array(out / "responsibilities.zarr")
+    assert labels.shape == (20000,) and labels.dtype == np.int32
+    assert resp.shape == (20000, 3) and resp.dtype == np.float32
+    assert labels.chunks == (5000,) and resp.chunks == (5000, 3)
+    np.testing.assert_allclose(resp[:].sum(axis=1), 1.0, rtol=1e-5)
+    report = json.loads((out / "report.json").read_text())
+    model = GaussianMixture.load(out / "model.npz")
+    assert report["selected"]["loglik"] == pytest.approx(model.score(X), rel=1e-12)
+    np.testing.assert_array_equal(labels[:], model.predict(X).compute())
+    assert report["data"]["shape"] == [20000, 4]
+    assert report["config"]["model"]["n_components"] == 3
+    assert report["versions"]["numpy"] == np.__version__
+    assert len(report["history"]) == report["selected"]["n_iter"]
+    true = zarr.open_group(cfg["data"]["path"])["labels"][:]
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(true, labels[:]) > 0.99
+    # info on the finished run, predict with the saved model reproduces the labels
+    info = gmm("info", out)
+    assert info.returncode == 0 and "k3-full" in info.stdout
+    pred = gmm("predict", out, cfg["data"]["path"], tmp_path / "pred.zarr")
+    assert pred.returncode == 0, pred.stderr
+    np.testing.assert_array_equal(zarr.open_group(tmp_path / "pred.zarr")["labels"][:], labels[:])
+
+
+def test_existing_run_dir_is_never_overwritten_without_overwrite_true(tmp_path, client):
+    config, cfg = small_config(tmp_path)
+    run(config_from_dict(cfg), client=client)
+    model = Path(cfg["output"]["dir"]) / "model.npz"
+    before = digest(model)
+    r = gmm("run", config)
+    assert r.returncode != 0
+    assert "already holds an earlier run" in r.stderr and "output.overwrite: true" in r.stderr
+    assert digest(model) == before
+    # a run that fails (NaN in its data) with overwrite leaves the earlier outputs intact
+    bad = tmp_path / "bad.zarr"
+    z = zarr.create_array(bad, shape=(100, 4), chunks=(50, 4), dtype="f8")
+    z[:] = np.where(np.arange(400).reshape(100, 4) == 7, np.nan, 1.0)
+    r = gmm("run", config, "--set", f"data.path={bad}", "--set", "data.generate=null",
+            "--set", "output.overwrite=true")
+    assert r.returncode != 0 and "NaN" in r.stderr
+    assert digest(model) == before
+    # with overwrite: true the outputs are replaced
+    cfg2 = {**cfg, "model": {**cfg["model"], "covariance_type": "diag"}, "output": {**cfg["output"], "overwrite": True}}
+    run(config_from_dict(cfg2), client=client)
+    assert GaussianMixture.load(model).covariance_type == "diag"
+
+
+def test_bic_selects_the_true_number_of_components(tmp_path, client):
+    config, cfg = small_config(tmp_path)
+    cfg["model"]["n_components"] = [2, 3, 4, 5]
+    cfg["output"]["plots"] = True
+    result = run(config_from_dict(cfg), client=client)
+    assert result.report["selected"]["n_components"] == 3
+    bics = {c["n_components"]: c["bic"] for c in result.report["candidates"]}
+    assert min(bics, key=bics.get) == 3 and len(bics) == 4
+    assert (result.out_dir / "bic.png").exists()
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["model"].update(n_componets=3), "n_componets.*Did you mean 'n_components'"),
+        (lambda c: c["model"].update(max_iter="many"), "model.max_iter"),
+        (lambda c: c["model"].update(covariance_type="round"), "model.covariance_type"),
+        (lambda c: c["model"].update(tol=-1), "model.tol"),
+    ],
+)
+def test_config_errors_exit_nonzero_naming_the_key(tmp_path, edit, message):
+    config, cfg = small_config(tmp_path)
+    edit(cfg)
+    config.write_text(yaml.safe_dump(cfg))
+    r = gmm("run", config)
+    assert r.returncode == 2
+    assert "config.yaml" in r.stderr
+    import re
+
+    assert re.search(message, r.stderr), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_data_errors_exit_nonzero_with_the_reason(tmp_path):
+    config, cfg = small_config(tmp_path)
+    r = gmm("run", config, "--set", f"data.path={tmp_path / 'nowhere.zarr'}", "--set", "data.generate=null")
+    assert r.returncode == 1 and "nowhere.zarr does not exist" in r.stderr
+    empty = tmp_path / "empty.zarr"
+    zarr.create_array(empty, shape=(0, 4), chunks=(10, 4), dtype="f8")
+    r = gmm("run", config, "--set", f"data.path={empty}", "--set", "data.generate=null")
+    assert r.returncode == 1 and "empty.zarr: the array is empty, shape (0, 4)" in r.stderr, r.stderr
+    assert not Path(cfg["output"]["dir"]).exists()
+
+
+def test_generate_convert_and_info_commands(tmp_path):
+    r = gmm("generate", "--n-samples", 3000, "--n-features", 3, "--n-components", 2, "--chunk-rows", 1000,
+            "--out", tmp_path / "g.zarr")
+    assert r.returncode == 0, r.stderr
+    X = open_dataset(tmp_path / "g.zarr")
+    assert X.shape == (3000, 3) and X.chunks[0] == (1000, 1000, 1000)
+    np.save(tmp_path / "x.npy", X.compute())
+    r = gmm("convert", tmp_path / "x.npy", tmp_path / "x.zarr", "--chunk-rows", 700)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(open_dataset(tmp_path / "x.zarr").compute(), X.compute())
+    r = gmm("info", tmp_path)
+    assert r.returncode == 1 and "not a gmm-pipeline run directory" in r.stderr
