@@ -528,7 +528,7 @@ _SCHEMAS: dict[str, tuple[type, dict]] = {
             "init_params": _choice(INIT_PARAMS),
             "n_init": _int(1),
             "max_iter": _int(1),
-            "tol": _float(0.0, strict=True),
+            "tol": _float(0.0, strict=False),
             "reg_covar": _float(0.0, strict=False),
             "dtype": _choice(DTYPES),
             "random_state": _int(0, nullable=True),

@@ -1,0 +1,134 @@
+"""Faults survived, nothing lost: a worker killed mid-fit, the driver killed mid-run, resume checks."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import yaml
+
+from pipeline import GaussianMixture
+from tests.helpers import blobs
+from tests.test_cli import CLI, small_config
+
+
+@pytest.mark.filterwarnings("ignore::pipeline.exceptions.ConvergenceWarning")
+def test_worker_killed_with_sigkill_mid_fit_gives_the_uninterrupted_result():
+    from distributed import Client, LocalCluster
+
+    X, _ = blobs(4000, centres=((0, 0, 0), (3, 3, 0), (0, 4, 3)), seed=40)
+    kw = dict(n_components=3, random_state=0, tol=0, max_iter=12, means_init=X[:3] + 0.1)
+    reference = GaussianMixture(**kw).fit(da.from_array(X, chunks=(1500, 3)))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, memory_limit="1GiB") as cluster, Client(cluster) as client:
+        pids = client.run(os.getpid)
+        victim = sorted(pids.values())[0]
+        killed = []
+
+        def kill_soon(info):
+            if info.n_iter == 4:  # kill during the 5th iteration's computation
+                def kill():
+                    os.kill(victim, signal.SIGKILL)
+                    killed.append(time.time())
+                threading.Timer(0.02, kill).start()
+
+        Xd = da.from_array(X, chunks=(1500, 3))
+        fit = GaussianMixture(**kw).fit(Xd, callback=kill_soon)
+        assert killed, "the worker was not killed"
+        assert victim not in client.run(os.getpid).values()  # it is really gone (nanny restarted one)
+    np.testing.assert_allclose(fit.history_, reference.history_, rtol=1e-10)
+    for a in ("weights_", "means_", "covariances_"):
+        np.testing.assert_allclose(getattr(fit, a), getattr(reference, a), rtol=1e-10, atol=1e-12)
+
+
+def _slow_config(tmp_path, name):
+    config, cfg = small_config(tmp_path)
+    cfg["data"]["generate"].update(n_samples=30000, separation=1.5, n_components=4)
+    cfg["model"].update(n_components=4, tol=0.0, max_iter=25, dtype="float64", init_params="random_from_data")
+    cfg["output"].update(dir=str(tmp_path / name), plots=False, responsibilities=False)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, cfg
+
+
+def test_driver_killed_mid_run_resumes_to_the_same_model(tmp_path):
+    from pipeline.model import GaussianMixture as GM
+
+    ref_cfg, ref = _slow_config(tmp_path, "reference")
+    r = subprocess.run([*CLI, "run", ref_cfg], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+
+    cfg_path, cfg = _slow_config(tmp_path, "killed")
+    proc = subprocess.Popen([*CLI, "run", cfg_path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "iter    6" in line:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local cluster, at once
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    out = Path(cfg["output"]["dir"])
+    assert not out.exists()  # nothing half-written was published
+    again = subprocess.run([*CLI, "run", cfg_path], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 1 and "--resume" in again.stderr  # the checkpoint is not discarded silently
+    resumed = subprocess.run([*CLI, "run", cfg_path, "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from checkpoint" in resumed.stdout
+    assert "iter    1 " not in resumed.stdout.split("resuming")[1]
+    a = GM.load(out / "model.npz")
+    b = GM.load(Path(ref["output"]["dir"]) / "model.npz")
+    assert a.n_iter_ == b.n_iter_ == 25
+    np.testing.assert_array_equal(a.history_, b.history_)
+    for attr in ("weights_", "means_", "covariances_"):
+        np.testing.assert_allclose(getattr(a, attr), getattr(b, attr), rtol=1e-10, atol=1e-12)
+
+
+def test_resume_refuses_a_checkpoint_of_another_config_or_data(tmp_path):
+    from pipeline.config import config_from_dict
+    from pipeline.exceptions import CheckpointError
+    from pipeline.run import CHECKPOINT_NAME, run, staging_dir
+
+    cfg_path, cfg = _slow_config(tmp_path, "r")
+    cfg["model"]["max_iter"] = 3
+    cfg["cluster"]["kind"] = "local"
+
+    class Stop(Exception):
+        pass
+
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        import pipeline.run as run_mod
+
+        original = run_mod._write_point_outputs
+
+        def boom(*a, **k):
+            raise Stop
+
+        run_mod._write_point_outputs = boom
+        try:
+            with pytest.raises(Stop):
+                run(config_from_dict(cfg), client=client)
+        finally:
+            run_mod._write_point_outputs = original
+        stage = staging_dir(Path(cfg["output"]["dir"]))
+        assert (stage / CHECKPOINT_NAME).is_file()
+        other_model = {**cfg, "model": {**cfg["model"], "n_components": 5}}
+        with pytest.raises(CheckpointError, match=r"model.n_components: 4 in the checkpoint, 5 now"):
+            run(config_from_dict(other_model), resume=True, client=client)
+        other_data = {**cfg, "data": {**cfg["data"], "path": str(tmp_path / "other.zarr"),
+                                      "generate": {**cfg["data"]["generate"], "seed": 1}}}
+        with pytest.raises(CheckpointError, match="data.sha256_head_tail|data.path"):
+            run(config_from_dict(other_data), resume=True, client=client)
+        # the same config resumes and finishes
+        result = run(config_from_dict(cfg), resume=True, client=client)
+        assert result.report["selected"]["n_iter"] == 3
