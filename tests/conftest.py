@@ -1,0 +1,139 @@
+"""Shared pytest fixtures.
+
+Cluster fixtures (stable names, used by the cluster tests and by the GMM tests that run on them):
+
+- ``dask_processes`` (module scope): a real ``dask scheduler`` and two ``dask worker`` processes
+  on 127.0.0.1; yields the scheduler address, e.g. ``"tcp://127.0.0.1:40123"``.
+- ``slurm`` (session scope): a real single-node SLURM made by ``scripts/setup_slurm``; yields the
+  partition name.  Skips when it cannot be set up, unless ``GMM_REQUIRE_SLURM=1`` (CI), where it
+  fails with the script's output.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DASK_CLI = Path(sys.executable).parent / "dask"
+SETUP_SLURM = REPO / "scripts" / "setup_slurm"
+SLURM_PID_FILE = Path(os.environ.get("GMM_SLURM_STATE_DIR", "/run/gmm-pipeline-slurm")) / "started.pids"
+
+
+# --------------------------------------------------------------------------------------------
+# dask_processes: scheduler + 2 workers as separate OS processes
+
+
+def _start(argv: list[str], log: Path) -> subprocess.Popen:
+    # Own session, so that teardown can end the process *and* the worker it spawned (nanny).
+    with open(log, "wb") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(procs: list[subprocess.Popen], grace: float = 15.0) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for proc in procs:  # whatever is left of each process group we started
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if proc.poll() is None:
+            proc.wait(timeout=5)
+
+
+def _logs(paths: list[Path]) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in paths if p.exists())
+
+
+@pytest.fixture(scope="module")
+def dask_processes(tmp_path_factory):
+    """Address (``tcp://127.0.0.1:<port>``) of a running scheduler with two 1-thread, 1 GiB workers."""
+    from distributed import Client
+
+    tmp = tmp_path_factory.mktemp("dask_processes")
+    scheduler_file = tmp / "scheduler.json"
+    logs = [tmp / "scheduler.log", tmp / "worker-0.log", tmp / "worker-1.log"]
+    procs = [
+        _start(
+            [str(DASK_CLI), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+             "--scheduler-file", str(scheduler_file)],
+            logs[0],
+        )
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists():
+            if procs[0].poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"dask scheduler did not start\n{_logs(logs)}")
+            time.sleep(0.1)
+        for i in (0, 1):
+            procs.append(
+                _start(
+                    [str(DASK_CLI), "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
+                     "--memory-limit", "1GiB", "--host", "127.0.0.1", "--no-dashboard",
+                     "--local-directory", str(tmp / f"worker-{i}")],
+                    logs[1 + i],
+                )
+            )
+        with Client(scheduler_file=str(scheduler_file), timeout=30) as client:
+            try:
+                client.wait_for_workers(2, timeout=60)
+            except TimeoutError:
+                pytest.fail(f"dask workers did not connect\n{_logs(logs)}")
+            address = client.scheduler.address
+        yield address
+    finally:
+        _stop(procs)
+
+
+# --------------------------------------------------------------------------------------------
+# slurm: a real single-node SLURM
+
+
+def _pid_lines() -> list[str]:
+    try:
+        return SLURM_PID_FILE.read_text().splitlines()
+    except OSError:
+        return []
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """Name of the default partition of a running single-node SLURM (``scripts/setup_slurm``)."""
+    required = os.environ.get("GMM_REQUIRE_SLURM") == "1"
+    before = _pid_lines()
+    partition = ""
+    try:
+        out = subprocess.run([str(SETUP_SLURM)], capture_output=True, text=True, timeout=900)
+        output = f"exit code {out.returncode}\n{out.stderr}\n{out.stdout}"
+        if out.returncode == 0 and out.stdout.strip():
+            partition = out.stdout.strip().splitlines()[-1]
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        output = f"{type(exc).__name__}: {exc}"
+    ok = bool(partition)
+    if not ok or not partition:
+        message = f"scripts/setup_slurm could not set up SLURM:\n{output}"
+        if required:
+            pytest.fail(message + "\n(GMM_REQUIRE_SLURM=1, so this is a failure, not a skip)")
+        pytest.skip(message.splitlines()[0] + " " + output.strip().splitlines()[-1][:200]
+                    + " (set GMM_REQUIRE_SLURM=1 to make this a failure)")
+    started_here = _pid_lines() != before  # the script records the daemons it started
+    try:
+        yield partition
+    finally:
+        if started_here:
+            subprocess.run([str(SETUP_SLURM), "--stop"], capture_output=True, text=True, timeout=120)
