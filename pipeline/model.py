@@ -278,18 +278,21 @@ class GaussianMixture:
 
     # ------------------------------------------------------------------ caching
     def _maybe_cache(self, X: da.Array, was_dask: bool) -> da.Array:
+        """Persist X in (worker) memory if asked, or if "auto" and it fits; sets ``data_cached_``.
+
+        Streamed data is re-read from its source (e.g. Zarr) on every pass, one chunk at a time
+        per worker thread, so worker memory stays O(chunk + K*D^2) whatever n_samples is.
+        """
         mode = self.cache
-        if mode == "none":
-            return X
+        client = _distributed_client()
         if mode == "auto":
-            client = _distributed_client()
             if not was_dask:
                 # NumPy input is in memory already; with a cluster, send it to the workers once
-                return X.persist() if client is not None else X
-            budget = _memory_budget(client)
-            if X.nbytes > budget:
-                return X
-        return X.persist()
+                mode = "memory" if client is not None else "none"
+            else:
+                mode = "memory" if X.nbytes <= _memory_budget(client) else "none"
+        self.data_cached_ = mode == "memory"
+        return X.persist() if self.data_cached_ else X
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X, y=None, *, callback=None, resume=None):
