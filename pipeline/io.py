@@ -51,7 +51,6 @@ __all__ = [
     "array_checksum",
     "atomic_write_bytes",
     "atomic_write_text",
-    "check_finite",
     "convert",
     "dataset_from_config",
     "generate_mixture",
@@ -205,58 +204,6 @@ def _check_shape_dtype(shape: tuple[int, ...], dtype: Any, label: str) -> None:
         raise DataError(
             f"{label}: the array is empty, shape {shape}; need at least one row and one feature"
         )
-
-
-# --------------------------------------------------------------------------------------------
-# Checking
-# --------------------------------------------------------------------------------------------
-
-
-def _nonfinite_counts(block: np.ndarray) -> np.ndarray:
-    """(1, 2) int64: number of NaN and of ±inf values in ``block``."""
-    if np.isfinite(block).all():
-        return np.zeros((1, 2), dtype=np.int64)
-    return np.array([[np.isnan(block).sum(), np.isinf(block).sum()]], dtype=np.int64)
-
-
-def check_finite(X: da.Array, source: str | None = None, max_listed: int = 5) -> None:
-    """Raise DataError if ``X`` holds NaN or ±inf, naming the bad row chunks.
-
-    One pass over the data on the active scheduler; only ``(n_row_chunks, 2)`` counts reach the
-    driver.  Integer and bool arrays are always finite and are not read.
-
-    Parameters
-    ----------
-    X : dask array (n_samples, n_features).
-    source : what to call the data in the message (e.g. its path); default ``"data"``.
-    max_listed : how many bad chunks to name (the total is always given).
-    """
-    if np.dtype(X.dtype).kind not in "fc":
-        return
-    X = X if X.ndim == 2 else X.reshape(X.shape[0], -1)
-    nb_rows, nb_cols = X.numblocks
-    counts = X.map_blocks(
-        _nonfinite_counts,
-        dtype=np.int64,
-        chunks=((1,) * nb_rows, (2,) * nb_cols),
-    ).compute()
-    counts = np.asarray(counts).reshape(nb_rows, nb_cols, 2).sum(axis=1)
-    bad = np.flatnonzero(counts.sum(axis=1))
-    if bad.size == 0:
-        return
-    n_nan, n_inf = (int(v) for v in counts.sum(axis=0))
-    starts = np.concatenate([[0], np.cumsum(X.chunks[0])])
-    listed = [
-        f"row chunk {i} (rows {starts[i]}-{starts[i + 1] - 1}): "
-        f"{counts[i, 0]} NaN and {counts[i, 1]} inf"
-        for i in bad[:max_listed]
-    ]
-    more = f"; and {bad.size - max_listed} more chunks" if bad.size > max_listed else ""
-    raise DataError(
-        f"{source or 'data'}: {n_nan} NaN and {n_inf} inf values in total, in {bad.size} of "
-        f"{nb_rows} row chunks: {'; '.join(listed)}{more}. Remove or impute these rows before "
-        f"fitting: the Gaussian likelihood is undefined for non-finite values"
-    )
 
 
 # --------------------------------------------------------------------------------------------

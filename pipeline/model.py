@@ -295,7 +295,7 @@ class GaussianMixture:
         return X.persist() if self.data_cached_ else X
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X, y=None, *, callback=None, resume=None):
+    def fit(self, X, y=None, *, callback=None, resume=None, data_name=None):
         """Fit by EM.
 
         callback : called as ``callback(info)`` after every EM iteration with an
@@ -311,13 +311,14 @@ class GaussianMixture:
         self._fit(X)
         return self.predict(X)
 
-    def _fit(self, X, callback=None, resume=None):
+    def _fit(self, X, callback=None, resume=None, data_name=None):
         t_start = time.perf_counter()
-        X, was_dask = check_array(X, chunk_rows=self.chunk_rows)
+        name = data_name or "X"
+        X, was_dask = check_array(X, name=name, chunk_rows=self.chunk_rows)
         self._validate_params(X.shape[0])
         self._validate_inits(X.shape[1])
         X = self._maybe_cache(X, was_dask)
-        summary = summarize(X)
+        summary = summarize(X, name)
         self.n_features_in_ = X.shape[1]
         rng = self._rng()
         state = FitState() if resume is None else resume
@@ -339,7 +340,7 @@ class GaussianMixture:
             else:
                 result = run_em(
                     X, params0, tol=self.tol, max_iter=self.max_iter, reg_covar=self.reg_covar,
-                    dtype=str(self.dtype), scale=summary.scale, history=history,
+                    dtype=str(self.dtype), scale=summary.scale, history=history, name=name,
                     callback=self._make_callback(callback, state),
                 )
             state.init_history.append(result.history)

@@ -208,7 +208,7 @@ def _run_with_client(cfg, X, resume, log, client, out, stage, timings, t0) -> Ru
         t = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            est.fit(X, callback=callback, resume=start_state)
+            est.fit(X, callback=callback, resume=start_state, data_name=cfg.data.path)
         for w in caught:
             log(f"warning: {w.message}")
         seconds = time.perf_counter() - t

@@ -13,7 +13,6 @@ from pipeline.exceptions import DataError, OutputExistsError
 from pipeline.io import (
     atomic_write_bytes,
     atomic_write_text,
-    check_finite,
     convert,
     dataset_from_config,
     generate_mixture,
@@ -173,43 +172,6 @@ def test_open_dataset_reads_in_worker_processes_with_another_cwd(
     assert process_client.run(os.getcwd) != {}
     assert str(tmp_path) not in process_client.run(os.getcwd).values()
     np.testing.assert_allclose(X.sum(axis=0).compute(), data.sum(axis=0))
-
-
-# ---------------------------------------------------------------------------- check_finite
-
-
-def test_check_finite_names_bad_chunks_rows_and_counts():
-    x = np.zeros((40, 2))
-    x[12, 0] = x[13, 1] = x[14, 1] = np.nan  # chunk 1 (rows 10-19)
-    x[35, 0] = -np.inf  # chunk 3 (rows 30-39)
-    with pytest.raises(DataError) as info:
-        check_finite(da.from_array(x, chunks=(10, 2)), source="data.zarr")
-    msg = str(info.value)
-    assert msg.startswith("data.zarr: 3 NaN and 1 inf values in total")
-    assert "row chunk 1 (rows 10-19): 3 NaN and 0 inf" in msg
-    assert "row chunk 3 (rows 30-39): 0 NaN and 1 inf" in msg
-    assert "row chunk 0" not in msg and "row chunk 2" not in msg
-
-
-def test_check_finite_lists_at_most_five_chunks_but_counts_all():
-    x = np.full((80, 1), np.nan)
-    with pytest.raises(DataError) as info:
-        check_finite(da.from_array(x, chunks=(10, 1)))
-    msg = str(info.value)
-    assert "80 NaN" in msg and "in 8 of 8 row chunks" in msg
-    assert "row chunk 4" in msg and "row chunk 5" not in msg and "3 more chunks" in msg
-
-
-def test_check_finite_counts_across_feature_chunks():
-    x = np.zeros((4, 6))
-    x[0, 0] = x[0, 5] = np.inf
-    with pytest.raises(DataError, match="0 NaN and 2 inf values in total"):
-        check_finite(da.from_array(x, chunks=(4, 3)))
-
-
-def test_check_finite_passes_clean_and_integer_data():
-    assert check_finite(da.ones((30, 2), chunks=(10, 2))) is None
-    assert check_finite(da.arange(10).reshape(5, 2)) is None
 
 
 # ---------------------------------------------------------------------------- generate_mixture
