@@ -303,8 +303,9 @@ class GaussianMixture:
             resume the fit later (the CLI checkpoints it).
         resume : a :class:`FitState` from such a callback: the fit continues from it, with the
             same result as an uninterrupted fit.
+        data_name : what to call the data in error messages (e.g. its path); default "X".
         """
-        self._fit(X, callback=callback, resume=resume)
+        self._fit(X, callback=callback, resume=resume, data_name=data_name)
         return self
 
     def fit_predict(self, X, y=None):

@@ -106,7 +106,7 @@ def test_existing_run_dir_is_never_overwritten_without_overwrite_true(tmp_path, 
     r = gmm("run", config, "--set", f"data.path={bad}", "--set", "data.generate=null",
             "--set", "output.overwrite=true")
     assert r.returncode != 0
-    assert "bad.zarr: 1 NaN and 0 inf values in 1 of 2 row chunks: row chunk 0 (rows 0-49)" in r.stderr, r.stderr
+    assert "bad.zarr: 1 NaN and 0 inf values in 1 of 1 row chunks: row chunk 0 (rows 0-99)" in r.stderr, r.stderr
     assert digest(model) == before
     # with overwrite: true the outputs are replaced
     cfg2 = {**cfg, "model": {**cfg["model"], "covariance_type": "diag"}, "output": {**cfg["output"], "overwrite": True}}
