@@ -146,7 +146,7 @@ def log_det_cholesky(prec_chol: np.ndarray, covariance_type: str, n_features: in
 # --------------------------------------------------------------------------------------------
 
 
-#: the fast outer-product kernel is used while ``eps(dtype) * max_k |mu_k - shift|^2_{P_k}`` (the
+#: the fast "features" kernels are used while ``eps(dtype) * max_k |mu_k - shift|^2_{P_k}`` (the
 #: relative precision lost to cancellation) stays below this bound for the compute dtype; beyond
 #: it (components very many standard deviations from the shift) float32 is promoted to float64,
 #: and beyond that the per-component centred kernel is used.  float32 results are only ~1e-4
@@ -160,17 +160,16 @@ class EStepPlan:
 
     ``kind`` selects the kernel:
 
-    - "outer" (full, tied; the fast path).  With ``xc = x - shift`` and ``z`` the upper
-      triangle of ``xc xc^T`` (D(D+1)/2 values) followed by ``xc`` itself, every Mahalanobis
-      distance is linear in ``z``: ``maha_k = z @ wmat[:, k] + wconst_k``, with ``wmat``
-      (D(D+1)/2 + D, K) holding ``P_k`` (off-diagonals doubled) and ``-2 P_k d_k``, and
-      ``wconst_k = d_k^T P_k d_k`` (``d_k = mu_k - shift``).  The statistics are then
-      ``z^T @ resp``: one GEMM each way per block, shared by all components.
-    - "centred" (full, tied; components far from the shift in whitened units, where the
+    - "outer" (full, tied) and "diag" (diag, spherical): the fast "features" kernels.  With
+      ``xc = x - shift``, each row is mapped to features ``z``: for "outer" the upper triangle
+      of ``xc xc^T`` (D(D+1)/2 values), for "diag" the squares ``xc**2`` (D values), followed by
+      ``xc`` itself.  Every Mahalanobis distance is then linear in ``z``:
+      ``maha_k = z @ wmat[:, k] + wconst_k``, with ``wmat`` holding ``P_k`` (off-diagonals
+      doubled) over ``-2 P_k d_k``, and ``wconst_k = d_k^T P_k d_k`` (``d_k = mu_k - shift``);
+      the statistics are ``z^T @ resp``.  One GEMM each way per block, for all components.
+    - "centred" (any type; components far from the shift in whitened units, where the
       expanded form would cancel): ``lcat`` (D, K*D) = [L_1 ... L_K] and ``offset`` (K*D,)
       = concat ``d_k @ L_k``; ``maha_k = |xc @ L_k - d_k @ L_k|^2``, statistics per component.
-    - "diag" (diag, spherical): ``prec`` (K, D) precisions, ``offset`` (K, D) = ``d_k``,
-      ``wconst`` (K,) = sum_d prec * d**2.
 
     ``const`` (K,) is ``log pi_k + log det L_k - D/2 log(2 pi)``.  GEMM operands are in the
     compute ``dtype``; constants stay float64.
@@ -184,11 +183,20 @@ class EStepPlan:
     wconst: np.ndarray | None = None
     lcat: np.ndarray | None = None
     offset: np.ndarray | None = None
-    prec: np.ndarray | None = None
 
     @property
     def n_components(self) -> int:
         return self.const.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.shift.shape[0]
+
+    @property
+    def n_quadratic(self) -> int:
+        """Number of quadratic features (rows of ``wmat`` before the linear ones)."""
+        d = self.n_features
+        return d * (d + 1) // 2 if self.kind == "outer" else d
 
 
 def triu_weights(precisions: np.ndarray) -> np.ndarray:
@@ -198,30 +206,37 @@ def triu_weights(precisions: np.ndarray) -> np.ndarray:
     return (precisions[:, iu, ju] * np.where(iu == ju, 1.0, 2.0)).T
 
 
-def outer_features(xc: np.ndarray) -> np.ndarray:
-    """(D(D+1)/2 + D, B): upper triangle of every row's outer product, then the row; transposed.
+def features(xc: np.ndarray, kind: str, out: np.ndarray | None = None) -> np.ndarray:
+    """Features of a block of shifted rows, transposed: (Q + D, B) with Q quadratic rows.
 
-    Built row by row of ``xc.T`` so each product is a contiguous vector operation.
+    "outer": the upper triangles of the rows' outer products (Q = D(D+1)/2); "diag": their
+    squares (Q = D); then the rows themselves.  Built from the transposed rows (the last D rows
+    of the result), each product a contiguous vector operation.  ``out`` (at least (Q + D, B))
+    avoids allocating: hot loops reuse one buffer.
     """
-    xt = np.ascontiguousarray(xc.T)
-    d, b = xt.shape
-    z = np.empty((d * (d + 1) // 2 + d, b), dtype=xc.dtype)
-    o = 0
-    for i in range(d):
-        np.multiply(xt[i], xt[i:], out=z[o : o + d - i])
-        o += d - i
-    z[o:] = xt
+    b, d = xc.shape
+    q = d * (d + 1) // 2 if kind == "outer" else d
+    z = np.empty((q + d, b), dtype=xc.dtype) if out is None else out[:, :b]
+    xt = z[q:]
+    xt[...] = xc.T
+    if kind == "outer":
+        o = 0
+        for i in range(d):
+            np.multiply(xt[i], xt[i:], out=z[o : o + d - i])
+            o += d - i
+    else:
+        np.multiply(xt, xt, out=z[:q])
     return z
 
 
 def make_plan(weights, means, prec_chol, covariance_type, dtype="float64", shift=None, kernel="auto") -> EStepPlan:
     """Prepare the E step for the given parameters (driver side, O(K*D^2)).
 
-    ``kernel`` ("auto", "outer" or "centred") chooses the full/tied kernel; "auto" takes the
-    fast "outer" kernel unless cancellation would cost precision (see FAST_PATH_MAX_LOSS).
+    ``kernel`` ("auto", "features" or "centred"): "auto" takes the fast features kernel unless
+    cancellation would cost precision (see FAST_PATH_MAX_LOSS).
     """
-    if kernel not in ("auto", "outer", "centred"):
-        raise ValueError(f"kernel must be 'auto', 'outer' or 'centred'; got {kernel!r}")
+    if kernel not in ("auto", "features", "centred"):
+        raise ValueError(f"kernel must be 'auto', 'features' or 'centred'; got {kernel!r}")
     weights = np.asarray(weights, dtype=np.float64)
     means = np.asarray(means, dtype=np.float64)
     n_components, n_features = means.shape
@@ -237,76 +252,81 @@ def make_plan(weights, means, prec_chol, covariance_type, dtype="float64", shift
             prec_chol = np.broadcast_to(prec_chol, (n_components, n_features, n_features))
         precisions = np.einsum("kij,klj->kil", prec_chol, prec_chol)
         whitened = np.einsum("kd,kde,ke->k", diff, precisions, diff)  # |d_k|^2 in P_k's metric
-        worst = float(np.max(whitened, initial=0.0))
-        if kernel == "auto" and worst * np.finfo(dt).eps > FAST_PATH_MAX_LOSS[dt.name] and dt != np.float64:
-            dt = np.dtype(np.float64)
-        if kernel == "outer" or (kernel == "auto" and worst * np.finfo(dt).eps <= FAST_PATH_MAX_LOSS[dt.name]):
-            wmat = np.concatenate([triu_weights(precisions), -2.0 * np.einsum("kde,ke->dk", precisions, diff)])
-            return EStepPlan("outer", shift.astype(dt), const, dt.name, wmat=wmat.astype(dt), wconst=whitened)
-        lcat = np.ascontiguousarray(np.concatenate(list(prec_chol), axis=1))  # (D, K*D)
-        offset = np.einsum("kd,kde->ke", diff, prec_chol).reshape(-1)
-        return EStepPlan("centred", shift.astype(dt), const, dt.name, lcat=lcat.astype(dt), offset=offset.astype(dt))
-    if covariance_type == "spherical":
-        prec = np.repeat((prec_chol**2)[:, None], n_features, axis=1)
+        quadratic, linear = triu_weights(precisions), -2.0 * np.einsum("kde,ke->dk", precisions, diff)
+        kind = "outer"
     else:
-        prec = prec_chol**2
-    wconst = np.sum(prec * diff**2, axis=1)
-    return EStepPlan("diag", shift.astype(dt), const, dt.name, offset=diff, prec=prec, wconst=wconst)
+        prec = np.repeat((prec_chol**2)[:, None], n_features, axis=1) if covariance_type == "spherical" else prec_chol**2
+        whitened = np.sum(prec * diff**2, axis=1)
+        quadratic, linear = prec.T, -2.0 * (prec * diff).T
+        kind = "diag"
+        prec_chol = np.stack([np.diag(np.sqrt(p)) for p in prec])  # for the centred fallback
+    worst = float(np.max(whitened, initial=0.0))
+    if kernel == "auto" and worst * np.finfo(dt).eps > FAST_PATH_MAX_LOSS[dt.name] and dt != np.float64:
+        dt = np.dtype(np.float64)
+    if kernel == "features" or (kernel == "auto" and worst * np.finfo(dt).eps <= FAST_PATH_MAX_LOSS[dt.name]):
+        wmat = np.ascontiguousarray(np.concatenate([quadratic, linear]), dtype=dt)
+        return EStepPlan(kind, shift.astype(dt), const, dt.name, wmat=wmat, wconst=whitened)
+    lcat = np.ascontiguousarray(np.concatenate(list(prec_chol), axis=1))  # (D, K*D)
+    offset = np.einsum("kd,kde->ke", diff, prec_chol).reshape(-1)
+    return EStepPlan("centred", shift.astype(dt), const, dt.name, lcat=lcat.astype(dt), offset=offset.astype(dt))
 
 
-def weighted_log_prob(xc: np.ndarray, plan: EStepPlan, z: np.ndarray | None = None) -> np.ndarray:
-    """``log pi_k + log N(x | mu_k, Sigma_k)`` for a block of shifted rows ``xc = x - plan.shift``.
+def weighted_log_prob(xc: np.ndarray, plan: EStepPlan, z: np.ndarray | None = None, out=None) -> np.ndarray:
+    """``log pi_k + log N(x | mu_k, Sigma_k)`` for a block of shifted rows ``xc = x - plan.shift``,
+    component-major: returns (K, B).
 
-    xc : (B, D) in the plan's dtype; z : its :func:`outer_features` if already computed
-    ("outer" plans).  Returns (B, K) float64.
+    The (K, B) layout makes the per-row max/sum over components of the responsibilities
+    elementwise operations between rows of length B (5x faster than reducing rows of length K).
+    xc : (B, D) in the plan's dtype; z : its :func:`features` if already computed;
+    out : optional (K, B) buffer, float64 or (hot float32 kernels) float32; default float64.
     """
-    if plan.kind == "outer":
-        if z is None:
-            z = outer_features(xc)
-        maha = (z.T @ plan.wmat).astype(np.float64, copy=False)
-        maha += plan.wconst
-        np.maximum(maha, 0.0, out=maha)
-    elif plan.kind == "centred":
+    if plan.kind == "centred":
         y = xc @ plan.lcat  # (B, K*D): all K whitening transforms in one GEMM
         y -= plan.offset
         y *= y
-        maha = y.reshape(xc.shape[0], plan.n_components, -1).sum(axis=2, dtype=np.float64)
+        maha = np.ascontiguousarray(y.reshape(xc.shape[0], plan.n_components, -1).sum(axis=2, dtype=np.float64).T)
+        if out is not None:
+            out[...] = maha
+            maha = out
     else:
-        # sum_d p (x - m)^2 = x^2 @ p - 2 x @ (p m) + sum p m^2, in float64 (cheap for diag)
-        x64 = xc.astype(np.float64, copy=False)
-        maha = (x64 * x64) @ plan.prec.T
-        maha -= 2.0 * (x64 @ (plan.prec * plan.offset).T)
-        maha += plan.wconst
+        if z is None:
+            z = features(xc, plan.kind)
+        if out is None:
+            out = np.empty((plan.n_components, xc.shape[0]), dtype=np.float64)
+        maha = np.matmul(plan.wmat.T, z, out=out)
+        maha += plan.wconst[:, None]
+        np.maximum(maha, 0.0, out=maha)
     maha *= -0.5
-    maha += plan.const
+    maha += plan.const[:, None]
     return maha
 
 
 def log_sum_exp(a: np.ndarray) -> np.ndarray:
-    """Row-wise log(sum(exp(a))) of a (B, K) float64 array, stable."""
-    amax = np.max(a, axis=1)
+    """log(sum(exp(a), axis=0)) of a (K, B) array, stable (column-wise, component-major)."""
+    amax = np.max(a, axis=0)
     amax = np.where(np.isfinite(amax), amax, 0.0)
     with np.errstate(divide="ignore"):
-        return amax + np.log(np.sum(np.exp(a - amax[:, None]), axis=1))
+        return amax + np.log(np.sum(np.exp(a - amax), axis=0))
 
 
 def log_responsibilities(xc: np.ndarray, plan: EStepPlan) -> tuple[np.ndarray, np.ndarray]:
     """(log p(x) (B,), log r (B, K)) for a block of shifted rows."""
     wlp = weighted_log_prob(xc, plan)
     lpx = log_sum_exp(wlp)
-    return lpx, wlp - lpx[:, None]
+    return lpx, (wlp - lpx).T
 
 
 def responsibilities(wlp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(log p(x) (B,), r (B, K)) from weighted log-probabilities, with a single exp pass."""
-    amax = np.max(wlp, axis=1, keepdims=True)
+    """(log p(x) (B,), r (K, B)) from component-major weighted log-probabilities (K, B), with
+    a single exp pass, in place: ``wlp`` is overwritten by the responsibilities."""
+    amax = np.max(wlp, axis=0)
     amax[~np.isfinite(amax)] = 0.0
-    r = wlp - amax
+    r = np.subtract(wlp, amax, out=wlp)
     np.exp(r, out=r)
-    s = r.sum(axis=1)
-    r /= s[:, None]
+    s = r.sum(axis=0)
+    r /= s
     with np.errstate(divide="ignore"):
-        return amax[:, 0] + np.log(s), r
+        return amax + np.log(s), r
 
 
 # --------------------------------------------------------------------------------------------
