@@ -30,7 +30,7 @@ def small_config(tmp_path, **sections):
     cfg = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     cfg["data"]["path"] = str(tmp_path / "data.zarr")
     cfg["data"]["chunk_rows"] = 5000
-    cfg["data"]["generate"].update(n_samples=20000, n_features=4, n_components=3, chunk_rows=5000)
+    cfg["data"]["generate"].update(n_samples=20000, n_features=4, n_components=3, chunk_rows=5000, separation=6.0)
     cfg["model"]["n_components"] = 3
     cfg["cluster"].update(n_workers=2, memory_limit="1GiB")
     cfg["output"]["dir"] = str(tmp_path / "run")
