@@ -29,6 +29,7 @@ from pipeline.em import (
     IterationInfo,
     reduce_blocks,
     run_em,
+    single_threaded_blas,
     summarize,
     warn_not_converged,
 )
@@ -305,12 +306,12 @@ class GaussianMixture:
             same result as an uninterrupted fit.
         data_name : what to call the data in error messages (e.g. its path); default "X".
         """
-        self._fit(X, callback=callback, resume=resume, data_name=data_name)
+        with single_threaded_blas():
+            self._fit(X, callback=callback, resume=resume, data_name=data_name)
         return self
 
     def fit_predict(self, X, y=None):
-        self._fit(X)
-        return self.predict(X)
+        return self.fit(X).predict(X)
 
     def _fit(self, X, callback=None, resume=None, data_name=None):
         t_start = time.perf_counter()
