@@ -35,7 +35,7 @@ from pipeline.stats import SuffStats, vector_length
 
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 KMEANS_PARALLEL_ROUNDS = 5
-KMEANS_MAX_ITER = 50
+KMEANS_MAX_ITER = 30
 KMEANS_TOL = 1e-4
 KMEANS_PP_SAMPLE = 100_000
 
@@ -76,15 +76,21 @@ def _count_kernel(block, centres, shift):
 
 
 def _lloyd_kernel(block, centres, shift):
-    """[inertia, counts (K), sums of x - c_k (K*D)] of the nearest-centre assignment."""
-    x = np.asarray(block, dtype=np.float64)
-    d2 = _sq_dist(x, centres, shift)
+    """[inertia, counts (K), sums of x - c_k (K*D)] of the nearest-centre assignment.
+
+    The per-centre sums are one GEMM of the one-hot assignment with the shifted rows.
+    """
+    xs = np.asarray(block, dtype=np.float64) - shift
+    cs = centres - shift
+    d2 = (xs * xs).sum(axis=1)[:, None] - 2.0 * (xs @ cs.T) + (cs * cs).sum(axis=1)[None, :]
     lab = d2.argmin(axis=1)
     k = centres.shape[0]
-    counts = np.bincount(lab, minlength=k).astype(np.float64)
-    sums = np.zeros_like(centres)
-    np.add.at(sums, lab, x - centres[lab])
-    return np.concatenate([[d2[np.arange(x.shape[0]), lab].sum()], counts, sums.ravel()])
+    onehot = np.zeros((xs.shape[0], k))
+    onehot[np.arange(xs.shape[0]), lab] = 1.0
+    counts = onehot.sum(axis=0)
+    sums = onehot.T @ xs - counts[:, None] * cs
+    inertia = np.maximum(d2[np.arange(xs.shape[0]), lab], 0.0).sum()
+    return np.concatenate([[inertia], counts, sums.ravel()])
 
 
 def _labels_stats_kernel(block, centres, shift, covariance_type, dtype):
