@@ -51,36 +51,32 @@ def as_row_chunked(X) -> da.Array:
     return X
 
 
+def _block_rows(X: da.Array, kernel: Callable, length: int, *args, **kwargs) -> da.Array:
+    """Lazy (n_chunks, length) float64 array: row i is ``kernel(chunk_i, *args, **kwargs)``."""
+    return X.map_blocks(
+        _kernel_as_row,
+        kernel,
+        *args,
+        chunks=((1,) * X.numblocks[0], (length,)),
+        dtype=np.float64,
+        meta=np.empty((0, 0), dtype=np.float64),
+        **kwargs,
+    )
+
+
 def reduce_blocks(X: da.Array, kernel: Callable, length: int, *args, **kwargs) -> np.ndarray:
-    """Sum of ``kernel(block, *args, **kwargs)`` (a float64 vector of ``length``) over row chunks.
+    """Sum of ``kernel(block, *args, **kwargs)`` (a float64 vector of ``length``) over row chunks,
+    by Dask's tree reduction.
 
     Large arguments should be passed as ``dask.delayed`` objects so that they are sent once per
     computation rather than embedded in every task.
     """
-    parts = X.map_blocks(
-        _kernel_as_row,
-        kernel,
-        *args,
-        chunks=((1,) * X.numblocks[0], (length,)),
-        dtype=np.float64,
-        meta=np.empty((0, 0), dtype=np.float64),
-        **kwargs,
-    )
-    return parts.sum(axis=0, split_every=SPLIT_EVERY).compute()
+    return _block_rows(X, kernel, length, *args, **kwargs).sum(axis=0, split_every=SPLIT_EVERY).compute()
 
 
 def per_block(X: da.Array, kernel: Callable, length: int, *args, **kwargs) -> np.ndarray:
     """``kernel(block)`` for every row chunk, as a (n_chunks, length) array on the driver."""
-    parts = X.map_blocks(
-        _kernel_as_row,
-        kernel,
-        *args,
-        chunks=((1,) * X.numblocks[0], (length,)),
-        dtype=np.float64,
-        meta=np.empty((0, 0), dtype=np.float64),
-        **kwargs,
-    )
-    return parts.compute()
+    return _block_rows(X, kernel, length, *args, **kwargs).compute()
 
 
 def _kernel_as_row(block, kernel, *args, block_id=None, pass_block_id=False, **kwargs):

@@ -56,6 +56,7 @@ __all__ = [
     "generate_mixture",
     "open_dataset",
     "prepare_output_dir",
+    "publish_dir",
     "read_archive",
     "write_archive",
     "write_array_zarr",
@@ -507,13 +508,13 @@ def _write_dir_atomically(final: Path, write, overwrite: bool) -> None:
     tmp = _tmp_sibling(final)
     try:
         write(tmp)
-        _publish_dir(tmp, final, overwrite)
+        publish_dir(tmp, final, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _publish_dir(tmp: Path, final: Path, overwrite: bool) -> None:
+def publish_dir(tmp: Path, final: Path, overwrite: bool) -> None:
     """Rename directory ``tmp`` to ``final``; if ``final`` exists, replace it (if allowed)."""
     if not os.path.lexists(final):
         try:
@@ -638,7 +639,7 @@ def write_array_zarr(
     tmp = _tmp_sibling(root, tag=tmp_tag)
     try:
         da.to_zarr(x, str(tmp), mode="w-", zarr_format=zarr_format)
-        _publish_dir(tmp, final, overwrite)
+        publish_dir(tmp, final, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -31,7 +31,7 @@ import numpy as np
 
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.exceptions import CheckpointError, OutputExistsError
-from pipeline.io import atomic_write_text, dataset_from_config
+from pipeline.io import atomic_write_text, dataset_from_config, publish_dir
 from pipeline.model import GaussianMixture
 
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -259,7 +259,7 @@ def _run_with_client(cfg, X, resume, log, client, out, stage, timings, t0) -> Ru
             log("plots skipped: matplotlib is not installed (pip install gmm-pipeline[plots])")
     (stage / CHECKPOINT_NAME).unlink(missing_ok=True)
     (stage / PROGRESS_NAME).unlink(missing_ok=True)
-    _publish(stage, out)
+    publish_dir(stage, out, overwrite=True)  # overwrite was checked before any work started
     log(f"outputs: {out}")
     return RunResult(out, report, model, results)
 
@@ -319,21 +319,6 @@ def _write_point_outputs(cfg, model, X, stage, log):
     dask.compute(*targets)
     log("wrote " + ", ".join(n for n, on in (("labels.zarr", cfg.output.labels),
                                              ("responsibilities.zarr", cfg.output.responsibilities)) if on))
-
-
-def _publish(stage: Path, out: Path) -> None:
-    """Replace ``out`` by ``stage`` with renames; the old outputs are removed only at the end."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-        try:
-            os.rename(stage, out)
-        except BaseException:
-            os.rename(old, out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(stage, out)
 
 
 def versions() -> dict:
