@@ -41,7 +41,7 @@ from pipeline.gaussian import (
     precisions_from_cholesky,
 )
 from pipeline.init import INIT_PARAMS, initialize
-from pipeline.stats import ROW_BLOCK, shifted_blocks
+from pipeline.stats import shifted_blocks
 
 #: default rows per chunk when a NumPy array is given
 DEFAULT_CHUNK_ROWS = 65536
@@ -549,4 +549,4 @@ def _score_sum_block(x, plan):
     return np.array([_score_block(x, plan).sum(), x.shape[0]])
 
 
-__all__ = ["GaussianMixture", "check_array", "ROW_BLOCK"]
+__all__ = ["GaussianMixture", "FitState", "check_array"]
