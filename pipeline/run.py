@@ -278,10 +278,7 @@ def _iteration_callback(cfg, log, stage, name, fingerprints, done):
     every = cfg.checkpoint.every
 
     def callback(info):
-        log(
-            f"  {name} restart {info.state.init} iter {info.n_iter:4d}  loglik {info.mean_loglik:.8f}  "
-            f"change {info.change:+.3e}  {info.seconds:.2f} s  {info.rows_per_second:,.0f} rows/s"
-        )
+        # state first, then the line: whoever sees "iter N" can rely on N being checkpointed
         progress = {
             "candidate": name, "restart": info.state.init, "iteration": info.n_iter,
             "mean_loglik": info.mean_loglik, "change": info.change if np.isfinite(info.change) else None,
@@ -293,6 +290,10 @@ def _iteration_callback(cfg, log, stage, name, fingerprints, done):
                 stage / CHECKPOINT_NAME, info.state,
                 {"candidate": name, "done": done, **fingerprints},
             )
+        log(
+            f"  {name} restart {info.state.init} iter {info.n_iter:4d}  loglik {info.mean_loglik:.8f}  "
+            f"change {info.change:+.3e}  {info.seconds:.2f} s  {info.rows_per_second:,.0f} rows/s"
+        )
 
     return callback
 

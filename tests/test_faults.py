@@ -77,6 +77,8 @@ def test_driver_killed_mid_run_resumes_to_the_same_model(tmp_path):
     assert proc.returncode == -signal.SIGKILL, "".join(seen)
     out = Path(cfg["output"]["dir"])
     assert not out.exists()  # nothing half-written was published
+    info = subprocess.run([*CLI, "info", out], capture_output=True, text=True, timeout=60)
+    assert info.returncode == 0 and "running (or interrupted) run" in info.stdout and "iteration 6" in info.stdout
     again = subprocess.run([*CLI, "run", cfg_path], capture_output=True, text=True, timeout=600)
     assert again.returncode == 1 and "--resume" in again.stderr  # the checkpoint is not discarded silently
     resumed = subprocess.run([*CLI, "run", cfg_path, "--resume"], capture_output=True, text=True, timeout=600)
