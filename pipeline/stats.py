@@ -28,8 +28,18 @@ from pipeline.gaussian import (
     weighted_log_prob,
 )
 
-#: rows per block inside a chunk: keeps the (B, K*D) temporaries of the E step cache-sized.
+#: rows per block inside a chunk (for the centred kernel and initialisation): keeps the per-block
+#: temporaries cache-sized.
 ROW_BLOCK = 2048
+#: the features kernel sizes its blocks so that the features buffer holds about this many bytes
+#: (measured best on 2 cores: 4096-8192 rows for D=16 full, 8192 for diag)
+FEATURES_BLOCK_BYTES = 4 * 2**20
+
+
+def features_block_rows(n_features_total: int, itemsize: int) -> int:
+    """Rows per block of the features kernel: a power of two in [1024, 8192]."""
+    rows = FEATURES_BLOCK_BYTES / (n_features_total * itemsize)
+    return int(2 ** min(13, max(10, round(np.log2(rows)))))
 #: added to every N_k, as scikit-learn does, so empty components never divide by zero.
 NK_FLOOR = 10 * np.finfo(np.float64).eps
 _HEADER = 3
@@ -133,7 +143,8 @@ class SuffStats:
         n = x.shape[0]
         q = plan.n_quadratic
         dt = np.dtype(plan.dtype)
-        bmax = max(1, min(ROW_BLOCK, n))
+        block = features_block_rows(q + d, dt.itemsize)
+        bmax = max(1, min(block, n))
         xc_buf = np.empty((bmax, d), dtype=dt)
         z_buf = np.empty((q + d, bmax), dtype=dt)
         # log-densities and responsibilities in the compute dtype: float32 exp is much cheaper,
@@ -141,8 +152,8 @@ class SuffStats:
         w_buf = np.empty((k, bmax), dtype=dt)
         g_part = np.empty((q + d, k), dtype=dt)
         g = np.zeros((q + d, k))
-        for start in range(0, n, ROW_BLOCK):
-            m = min(ROW_BLOCK, n - start)
+        for start in range(0, n, block):
+            m = min(block, n - start)
             xc = np.subtract(x[start : start + m], plan.shift, out=xc_buf[:m], casting="unsafe")
             z = features(xc, plan.kind, out=z_buf)
             lpx, resp = responsibilities(weighted_log_prob(xc, plan, z, out=w_buf[:, :m]))  # resp (K, m)
