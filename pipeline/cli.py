@@ -127,27 +127,31 @@ def _model_path(p: str) -> Path:
 
 
 def _predict(args) -> int:
-    import dask
-    import dask.array as da
-    import numpy as np
+    import shutil
 
-    from pipeline.io import open_dataset, write_array_zarr
+    import zarr
+
+    from pipeline.exceptions import OutputExistsError
+    from pipeline.io import open_dataset, publish_dir, tmp_sibling
     from pipeline.model import GaussianMixture
+    from pipeline.run import write_point_outputs
 
     model = GaussianMixture.load(_model_path(args.model))
     X = open_dataset(args.data, array=args.array, chunk_rows=args.chunk_rows)
-    out = Path(args.output)
+    out = Path(args.output).absolute()
     if out.exists() and not args.overwrite:
-        from pipeline.exceptions import OutputExistsError
-
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
-    proba = model.predict_proba(X)
-    labels = proba.argmax(axis=1).astype(np.int32)
-    with dask.config.set(scheduler="threads"):
-        write_array_zarr(labels, out, name="labels", overwrite=args.overwrite)
-        if not args.no_responsibilities:
-            write_array_zarr(proba.astype(np.float32), out, name="responsibilities", overwrite=args.overwrite)
-    del da
+    tmp = tmp_sibling(out)
+    try:
+        zarr.open_group(tmp, mode="w")
+        write_point_outputs(
+            model, X, labels_to=(tmp, "labels"),
+            responsibilities_to=None if args.no_responsibilities else (tmp, "responsibilities"),
+        )
+        publish_dir(tmp, out, overwrite=args.overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     print(f"wrote labels{'' if args.no_responsibilities else ' and responsibilities'} of {X.shape[0]:,} rows to {out}")
     return 0
 

@@ -58,6 +58,7 @@ __all__ = [
     "prepare_output_dir",
     "publish_dir",
     "read_archive",
+    "tmp_sibling",
     "write_archive",
     "write_array_zarr",
 ]
@@ -498,14 +499,15 @@ def _text_writer(src: Path, chunk_rows: int, dtype: str | None):
 # --------------------------------------------------------------------------------------------
 
 
-def _tmp_sibling(final: Path, tag: str | None = None) -> Path:
+def tmp_sibling(final: Path, tag: str | None = None) -> Path:
+    """A hidden, unique path beside ``final`` (same filesystem, so a rename publishes it)."""
     return final.parent / f".{tag or final.name}.tmp-{uuid.uuid4().hex[:12]}"
 
 
 def _write_dir_atomically(final: Path, write, overwrite: bool) -> None:
     """Run ``write(tmp)`` on a temporary sibling directory path, then rename it to ``final``."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(final)
+    tmp = tmp_sibling(final)
     try:
         write(tmp)
         publish_dir(tmp, final, overwrite)
@@ -525,7 +527,7 @@ def publish_dir(tmp: Path, final: Path, overwrite: bool) -> None:
                 raise
     if not overwrite:
         raise OutputExistsError(f"{final} appeared while it was being written; not replacing it")
-    old = _tmp_sibling(final, tag=f"{final.name}.old")
+    old = tmp_sibling(final, tag=f"{final.name}.old")
     os.rename(final, old)
     try:
         os.rename(tmp, final)
@@ -636,7 +638,7 @@ def write_array_zarr(
         raise OutputExistsError(f"{final} already exists; pass overwrite=True to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
     # a sibling of the group (not inside it), so the group never lists a half-written member
-    tmp = _tmp_sibling(root, tag=tmp_tag)
+    tmp = tmp_sibling(root, tag=tmp_tag)
     try:
         da.to_zarr(x, str(tmp), mode="w-", zarr_format=zarr_format)
         publish_dir(tmp, final, overwrite)

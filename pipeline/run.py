@@ -299,27 +299,39 @@ def _iteration_callback(cfg, log, stage, name, fingerprints, done):
 
 
 def _write_point_outputs(cfg, model, X, stage, log):
-    """labels (int32, N) and responsibilities (float32, N x K) as Zarr with X's row chunks.
-
-    Both come from one graph (labels are the argmax of the responsibilities), so the data is
-    read once; each worker writes its own chunks.
-    """
+    """labels (int32, N) and responsibilities (float32, N x K) of the run, as Zarr arrays."""
     if not (cfg.output.labels or cfg.output.responsibilities):
         return
+    write_point_outputs(
+        model, X,
+        labels_to=(stage / "labels.zarr", None) if cfg.output.labels else None,
+        responsibilities_to=(stage / "responsibilities.zarr", None) if cfg.output.responsibilities else None,
+    )
+    log("wrote " + ", ".join(n for n, on in (("labels.zarr", cfg.output.labels),
+                                             ("responsibilities.zarr", cfg.output.responsibilities)) if on))
+
+
+def write_point_outputs(model, X, labels_to=None, responsibilities_to=None) -> None:
+    """Write labels (int32, N) and/or responsibilities (float32, N x K) of X's rows to Zarr.
+
+    Each target is ``(path, component)`` (component None: an array at ``path``; else an array of
+    that name in the group at ``path``).  Both come from one graph (labels are the argmax of the
+    responsibilities), so the data is read once; the workers write their own chunks, with X's
+    row chunks.
+    """
     proba = model.predict_proba(X)
     rows = proba.chunks[0]
     if len(set(rows[:-1])) > 1 or (len(rows) > 1 and rows[-1] > rows[0]):
         proba = proba.rechunk({0: max(rows)})  # Zarr needs regular chunks
     targets = []
-    if cfg.output.responsibilities:
-        targets.append(da.to_zarr(proba.astype(np.float32), str(stage / "responsibilities.zarr"),
-                                  compute=False, overwrite=True))
-    if cfg.output.labels:
+    if responsibilities_to is not None:
+        path, component = responsibilities_to
+        targets.append(da.to_zarr(proba.astype(np.float32), str(path), component=component, compute=False, overwrite=True))
+    if labels_to is not None:
+        path, component = labels_to
         labels = proba.argmax(axis=1).astype(np.int32)
-        targets.append(da.to_zarr(labels, str(stage / "labels.zarr"), compute=False, overwrite=True))
+        targets.append(da.to_zarr(labels, str(path), component=component, compute=False, overwrite=True))
     dask.compute(*targets)
-    log("wrote " + ", ".join(n for n, on in (("labels.zarr", cfg.output.labels),
-                                             ("responsibilities.zarr", cfg.output.responsibilities)) if on))
 
 
 def versions() -> dict:
