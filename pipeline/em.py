@@ -226,8 +226,12 @@ def run_em(
         t0 = time.perf_counter()
         st = e_step_stats(X, params, dtype)
         if st.n_nonfinite:
-            summarize(X, name)  # names the chunks; raises
-            raise DataError(f"{name}: {int(st.n_nonfinite)} non-finite values met in the E step")
+            summarize(X, name)  # names the chunks holding NaN/inf, if that is the cause; raises
+            raise DataError(
+                f"{name}: {int(st.n_nonfinite)} rows have a non-finite log-likelihood although their "
+                f"values are finite: values too large for the compute dtype {dtype}? Use dtype float64 "
+                "or rescale the data"
+            )
         mean_ll = st.mean_loglik
         params, floored = st.m_step(reg_covar, scale)
         warn_floored(floored, f"M step of iteration {n_iter}")

@@ -246,6 +246,8 @@ def make_plan(weights, means, prec_chol, covariance_type, dtype="float64", shift
     log_w = np.log(np.maximum(weights, np.finfo(np.float64).tiny))
     const = log_w + log_det_cholesky(prec_chol, covariance_type, n_features) - 0.5 * n_features * LOG_2PI
     dt = np.dtype(dtype)
+    # the kernels subtract the shift in the compute dtype: build everything from that same value
+    shift = shift.astype(dt).astype(np.float64)
     diff = means - shift
     if covariance_type in ("full", "tied"):
         if covariance_type == "tied":
@@ -260,7 +262,9 @@ def make_plan(weights, means, prec_chol, covariance_type, dtype="float64", shift
         quadratic, linear = prec.T, -2.0 * (prec * diff).T
         kind = "diag"
         prec_chol = np.stack([np.diag(np.sqrt(p)) for p in prec])  # for the centred fallback
-    worst = float(np.max(whitened, initial=0.0))
+    # components of negligible weight (emptied, collapsed) do not decide the kernel: their
+    # distances barely move any responsibility
+    worst = float(np.max(whitened[weights > 1e-8 * weights.max()], initial=0.0))
     if kernel == "auto" and worst * np.finfo(dt).eps > FAST_PATH_MAX_LOSS[dt.name] and dt != np.float64:
         dt = np.dtype(np.float64)
     if kernel == "features" or (kernel == "auto" and worst * np.finfo(dt).eps <= FAST_PATH_MAX_LOSS[dt.name]):

@@ -58,7 +58,11 @@ def vector_length(covariance_type: str, n_components: int, n_features: int) -> i
 
 @dataclass
 class SuffStats:
-    """Sums over rows: n, sum log p(x), s0 = sum r, s1 = sum r (x - c), s2 = sum r (x-c)(x-c)^T."""
+    """Sums over rows: n, sum log p(x), s0 = sum r, s1 = sum r (x - c), s2 = sum r (x-c)(x-c)^T.
+
+    ``n_nonfinite`` counts rows left out because their log-density is not finite (NaN or inf in
+    the row, or values too large for the compute dtype); the EM driver refuses such data.
+    """
 
     covariance_type: str
     centres: np.ndarray  # (K, D) float64, the c_k the sums are centred at
@@ -98,7 +102,7 @@ class SuffStats:
         for xc in shifted_blocks(x, plan.shift, plan.dtype):
             lpx, log_resp = log_responsibilities(xc, plan)
             if not np.all(np.isfinite(lpx)):
-                st.n_nonfinite += float(np.count_nonzero(~np.isfinite(xc)))
+                st.n_nonfinite += float(np.count_nonzero(~np.isfinite(lpx)))
                 ok = np.isfinite(lpx)
                 lpx, log_resp, xc = lpx[ok], log_resp[ok], xc[ok]
             st.loglik += float(lpx.sum())
@@ -158,7 +162,7 @@ class SuffStats:
             z = features(xc, plan.kind, out=z_buf)
             lpx, resp = responsibilities(weighted_log_prob(xc, plan, z, out=w_buf[:, :m]))  # resp (K, m)
             if not np.all(np.isfinite(lpx)):
-                self.n_nonfinite += float(np.count_nonzero(~np.isfinite(xc)))
+                self.n_nonfinite += float(np.count_nonzero(~np.isfinite(lpx)))
                 ok = np.isfinite(lpx)
                 lpx, resp, z = lpx[ok], resp[:, ok], z[:, ok]
             self.n += lpx.shape[0]
@@ -267,6 +271,6 @@ def shifted_blocks(x, shift, dtype):
     shift = np.asarray(shift).astype(dt)
     for start in range(0, x.shape[0], ROW_BLOCK):
         xb = np.asarray(x[start : start + ROW_BLOCK])
-        xc = xb.astype(dt, copy=True) if xb.dtype != dt else xb.copy()
-        xc -= shift
-        yield xc
+        # subtract in the wider of the two dtypes, then round: float64 data at a large offset
+        # keeps its precision in a float32 computation
+        yield np.subtract(xb, shift, out=np.empty(xb.shape, dtype=dt), casting="unsafe")

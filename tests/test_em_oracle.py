@@ -91,3 +91,18 @@ def test_float32_loglik_close_to_float64(covariance_type):
                       X_ours=X.astype(np.float32))
     assert rel(f32.history_, f64.history_) <= 1e-4
     assert np.all(np.isfinite(f32.covariances_))
+
+
+def test_float32_compute_on_float64_data_at_a_large_offset():
+    """Clusters 10 standard deviations apart on a common offset of 1e5: the float32 fit and its
+    predictions lose nothing to the offset (the shift is subtracted before rounding)."""
+    rng = np.random.default_rng(8)
+    X = np.concatenate([rng.normal(size=(2000, 2)) * 1e-3, rng.normal(size=(2000, 2)) * 1e-3 + 0.01]) + 1e5
+    fits = {}
+    for dtype in ("float64", "float32"):
+        fits[dtype] = GaussianMixture(2, dtype=dtype, random_state=0, tol=1e-8).fit(X)
+    f64, f32 = fits["float64"], fits["float32"]
+    assert rel(f32.lower_bound_, f64.lower_bound_) <= 1e-6
+    assert rel(f32.score(X), f64.score(X)) <= 1e-6
+    np.testing.assert_allclose(np.sort(f32.means_[:, 0]) - 1e5, np.sort(f64.means_[:, 0]) - 1e5, atol=1e-6)
+    np.testing.assert_array_equal(f32.predict(X), f64.predict(X))
