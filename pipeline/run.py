@@ -14,6 +14,7 @@ Nothing is lost:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ import shutil
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,7 +115,9 @@ def check_output_dir(cfg, resume: bool) -> tuple[Path, Path]:
     stage = staging_dir(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output.dir {out} exists and is a file")
-    if out.is_dir() and any(out.iterdir()) and not cfg.output.overwrite:
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()  # an empty directory holds nothing to lose; the published run takes its place
+    if out.is_dir() and not cfg.output.overwrite:
         raise OutputExistsError(
             f"output.dir {out} already holds an earlier run's results; set output.overwrite: true "
             "(or --set output.overwrite=true) to replace them, or choose another output.dir"
@@ -130,10 +134,37 @@ def check_output_dir(cfg, resume: bool) -> tuple[Path, Path]:
 
 def run(cfg, resume: bool = False, printer: Printer | None = None, client=None) -> RunResult:
     """Execute the run described by ``cfg``; returns the outputs' location and the report."""
-    from pipeline import cluster as cluster_mod
-
     log = printer or Printer()
     t0 = time.perf_counter()
+    with run_lock(Path(cfg.output.dir)):
+        return _run_locked(cfg, resume, log, client, t0)
+
+
+@contextmanager
+def run_lock(out: Path):
+    """An exclusive lock on ``out`` (a hidden file beside it), held for the whole run, so two
+    runs never share a staging directory.  The kernel releases it if the process dies."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.with_name(f".{out.name}.lock")
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise OutputExistsError(
+                f"another gmm-pipeline run is using output.dir {out} (lock {path}, held by pid "
+                f"{f.read().strip() or '?'}); wait for it or choose another output.dir"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+
+
+def _run_locked(cfg, resume, log, client, t0) -> RunResult:
+    from pipeline import cluster as cluster_mod
+
     out, stage = check_output_dir(cfg, resume)
     timings = {}
     # open (and if asked, generate) the data before starting a cluster: bad paths fail fast
@@ -257,9 +288,11 @@ def _run_with_client(cfg, X, resume, log, client, out, stage, timings, t0) -> Ru
             write_plots(stage, model, X, results, best)
         except ImportError:
             log("plots skipped: matplotlib is not installed (pip install gmm-pipeline[plots])")
-    (stage / CHECKPOINT_NAME).unlink(missing_ok=True)
-    (stage / PROGRESS_NAME).unlink(missing_ok=True)
-    publish_dir(stage, out, overwrite=True)  # overwrite was checked before any work started
+    # publish with the checkpoint still inside: until the rename, a crash leaves a resumable run;
+    # an output.dir that appeared meanwhile is only replaced with overwrite: true
+    publish_dir(stage, out, overwrite=cfg.output.overwrite)
+    (out / CHECKPOINT_NAME).unlink(missing_ok=True)
+    (out / PROGRESS_NAME).unlink(missing_ok=True)
     log(f"outputs: {out}")
     return RunResult(out, report, model, results)
 

@@ -170,3 +170,14 @@ def test_generate_convert_and_info_commands(tmp_path):
     np.testing.assert_array_equal(open_dataset(tmp_path / "x.zarr").compute(), X.compute())
     r = gmm("info", tmp_path)
     assert r.returncode == 1 and "not a gmm-pipeline run directory" in r.stderr
+
+
+def test_two_runs_never_share_an_output_dir(tmp_path):
+    from pipeline.exceptions import OutputExistsError
+    from pipeline.run import run_lock
+
+    _, cfg = small_config(tmp_path)
+    with run_lock(Path(cfg["output"]["dir"])):  # as if another run were going on
+        with pytest.raises(OutputExistsError, match="another gmm-pipeline run is using output.dir"):
+            run(config_from_dict(cfg))
+    assert not Path(cfg["output"]["dir"]).exists()
