@@ -417,22 +417,33 @@ class GaussianMixture:
 
     def score(self, X, y=None):
         """Mean log-likelihood of X (a float), one pass over the data."""
+        return self.information_criteria(X)["loglik"]
+
+    def information_criteria(self, X) -> dict:
+        """One pass: mean log-likelihood ``loglik``, ``n_samples``, ``bic`` and ``aic`` of X."""
         params = self._params()
         Xd, _ = check_array(X, n_features=self.n_features_in_, chunk_rows=self.chunk_rows)
         plan = params.plan(str(self.dtype))
         total, n = reduce_blocks(Xd, _score_sum_block, 2, dask.delayed(plan, pure=True))
-        return float(total / n)
+        loglik, p = float(total / n), params.n_parameters()
+        return {
+            "loglik": loglik,
+            "n_samples": int(n),
+            "n_parameters": p,
+            "bic": -2 * loglik * n + p * np.log(n),
+            "aic": -2 * loglik * n + 2 * p,
+        }
 
     def _n_parameters(self):
         return self._params().n_parameters()
 
     def bic(self, X):
-        n = X.shape[0]
-        return -2 * self.score(X) * n + self._n_parameters() * np.log(n)
+        """Bayesian information criterion of X (lower is better)."""
+        return self.information_criteria(X)["bic"]
 
     def aic(self, X):
-        n = X.shape[0]
-        return -2 * self.score(X) * n + 2 * self._n_parameters()
+        """Akaike information criterion of X (lower is better)."""
+        return self.information_criteria(X)["aic"]
 
     def sample(self, n_samples=1, random_state=None):
         """Draw ``n_samples`` points: returns (X (n, D), y (n,)) NumPy arrays."""
@@ -468,9 +479,13 @@ class GaussianMixture:
             "precisions_cholesky": self.precisions_cholesky_,
             "history": np.asarray(self.history_, dtype=np.float64),
         }
-        params = {k: v for k, v in self.get_params().items() if k not in ("weights_init", "means_init", "precisions_init")}
+        params = {
+            k: _json_value(v)
+            for k, v in self.get_params().items()
+            if k not in ("weights_init", "means_init", "precisions_init")
+        }
         if not isinstance(params["random_state"], (int, type(None))):
-            params["random_state"] = None
+            params["random_state"] = None  # a Generator/RandomState object has no portable form
         meta = {
             "params": params,
             "attributes": {
@@ -522,9 +537,24 @@ def _memory_budget(client) -> float:
 # ---------------------------------------------------------------------- block kernels
 
 
+def _json_value(v):
+    """NumPy scalars and dtypes as plain Python values (e.g. n_components=np.int64(3))."""
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.dtype):
+        return v.name
+    return v
+
+
 def _iter_log_resp(x, plan):
     for xc in shifted_blocks(x, plan.shift, plan.dtype):
-        yield log_responsibilities(xc, plan)
+        lpx, log_resp = log_responsibilities(xc, plan)
+        if not np.all(np.isfinite(lpx)):
+            raise DataError(
+                f"{int(np.count_nonzero(~np.isfinite(lpx)))} rows to predict have NaN/inf values "
+                "(or values too large for the model's dtype); remove or impute them first"
+            )
+        yield lpx, log_resp
 
 
 def _proba_block(x, plan):

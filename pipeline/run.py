@@ -243,17 +243,16 @@ def _run_with_client(cfg, X, resume, log, client, out, stage, timings, t0) -> Ru
         for w in caught:
             log(f"warning: {w.message}")
         seconds = time.perf_counter() - t
-        loglik = est.score(X)
-        n = X.shape[0]
-        p = est._n_parameters()
+        ic = est.information_criteria(X)
+        loglik = ic["loglik"]
         entry = {
             "name": name,
             "n_components": k,
             "covariance_type": ct,
-            "loglik": float(loglik),
-            "bic": float(-2 * loglik * n + p * np.log(n)),
-            "aic": float(-2 * loglik * n + 2 * p),
-            "n_parameters": p,
+            "loglik": loglik,
+            "bic": float(ic["bic"]),
+            "aic": float(ic["aic"]),
+            "n_parameters": ic["n_parameters"],
             "n_iter": est.n_iter_,
             "converged": est.converged_,
             "lower_bound": est.lower_bound_,

@@ -311,3 +311,33 @@ def test_loading_a_truncated_or_tampered_model_is_a_clear_error(tmp_path):
         GaussianMixture.load(tmp_path / "other.npy")
     with pytest.raises(ModelFileError, match="does not exist"):
         GaussianMixture.load(tmp_path / "missing.npz")
+
+
+def test_nan_at_predict_time_is_an_error_not_label_zero():
+    X, _ = blobs(200, seed=23)
+    g = GaussianMixture(2, random_state=0).fit(X)
+    bad = X.copy()
+    bad[5, 1] = np.nan
+    with pytest.raises(DataError, match="1 rows to predict have NaN/inf"):
+        g.predict(bad)
+    with pytest.raises(DataError, match="NaN/inf"):
+        g.predict(da.from_array(bad, chunks=100)).compute()
+    with pytest.raises(DataError, match="NaN/inf"):
+        g.score(bad)
+
+
+def test_params_given_as_numpy_scalars_save_and_load(tmp_path):
+    X, _ = blobs(200, seed=24)
+    g = GaussianMixture(np.int64(3), random_state=np.int64(2), dtype=np.dtype("float32"), reg_covar=np.float64(1e-5)).fit(X)
+    h = GaussianMixture.load(g.save(tmp_path / "m.npz"))
+    assert (h.n_components, h.random_state, h.dtype, h.reg_covar) == (3, 2, "float32", 1e-5)
+    assert type(h.n_components) is int
+    np.testing.assert_array_equal(h.predict(X), g.predict(X))
+
+
+def test_bic_accepts_lists_and_counts_samples_in_the_same_pass():
+    X, _ = blobs(100, seed=25)
+    g = GaussianMixture(2, random_state=0).fit(X)
+    ic = g.information_criteria(X.tolist())
+    assert ic["n_samples"] == 300
+    assert g.bic(X.tolist()) == pytest.approx(ic["bic"]) == pytest.approx(-2 * g.score(X) * 300 + ic["n_parameters"] * np.log(300))
