@@ -47,7 +47,7 @@ def free_port() -> int:
 
 def test_local_workers_are_separate_loopback_processes_and_leave_nothing_behind():
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    with cluster.connect(make_cfg(kind="local")) as client:
+    with cluster.connect(make_cfg(kind="local", dashboard=True)) as client:
         pids = client.run(os.getpid)
         assert len(pids) == 2
         assert os.getpid() not in pids.values()
@@ -58,8 +58,7 @@ def test_local_workers_are_separate_loopback_processes_and_leave_nothing_behind(
         info = cluster.describe(client)
         assert info["n_workers"] == 2 and info["total_threads"] == 2
         assert info["worker_memory_limit"] == GiB
-        # Without the dashboard the scheduler still serves health/metrics over HTTP, on loopback.
-        assert (info["dashboard_link"] or "http://127.0.0.1:").startswith("http://127.0.0.1:")
+        assert info["dashboard_link"].startswith("http://127.0.0.1:")  # the dashboard binds to loopback
         assert cluster.worker_memory_limits(client) == [GiB, GiB]
     deadline = time.monotonic() + 10
     while any(psutil.pid_exists(pid) for pid in pids.values()) and time.monotonic() < deadline:

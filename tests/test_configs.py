@@ -1,4 +1,4 @@
-"""Every config shipped in configs/ and docker/ validates."""
+"""Every config shipped in configs/ validates (docker/job.yaml: tests/test_docker.py)."""
 
 from pathlib import Path
 
