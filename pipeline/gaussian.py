@@ -164,8 +164,9 @@ class EStepPlan:
       ``xc = x - shift``, each row is mapped to features ``z``: for "outer" the upper triangle
       of ``xc xc^T`` (D(D+1)/2 values), for "diag" the squares ``xc**2`` (D values), followed by
       ``xc`` itself.  Every Mahalanobis distance is then linear in ``z``:
-      ``maha_k = z @ wmat[:, k] + wconst_k``, with ``wmat`` holding ``P_k`` (off-diagonals
-      doubled) over ``-2 P_k d_k``, and ``wconst_k = d_k^T P_k d_k`` (``d_k = mu_k - shift``);
+      ``maha_k = z . w_k + d_k^T P_k d_k``, with ``w_k`` holding ``P_k`` (off-diagonals
+      doubled) and ``-2 P_k d_k`` (``d_k = mu_k - shift``), so the weighted log-densities are
+      ``wlin @ z + bias`` with ``wlin`` (K, Q + D) = ``-w / 2`` and ``bias = const - d^T P d / 2``;
       the statistics are ``z^T @ resp``.  One GEMM each way per block, for all components.
     - "centred" (any type; components far from the shift in whitened units, where the
       expanded form would cancel): ``lcat`` (D, K*D) = [L_1 ... L_K] and ``offset`` (K*D,)
@@ -179,8 +180,8 @@ class EStepPlan:
     shift: np.ndarray
     const: np.ndarray
     dtype: str = "float64"
-    wmat: np.ndarray | None = None
-    wconst: np.ndarray | None = None
+    wlin: np.ndarray | None = None
+    bias: np.ndarray | None = None
     lcat: np.ndarray | None = None
     offset: np.ndarray | None = None
 
@@ -194,7 +195,7 @@ class EStepPlan:
 
     @property
     def n_quadratic(self) -> int:
-        """Number of quadratic features (rows of ``wmat`` before the linear ones)."""
+        """Number of quadratic features (columns of ``wlin`` before the linear ones)."""
         d = self.n_features
         return d * (d + 1) // 2 if self.kind == "outer" else d
 
@@ -268,8 +269,8 @@ def make_plan(weights, means, prec_chol, covariance_type, dtype="float64", shift
     if kernel == "auto" and worst * np.finfo(dt).eps > FAST_PATH_MAX_LOSS[dt.name] and dt != np.float64:
         dt = np.dtype(np.float64)
     if kernel == "features" or (kernel == "auto" and worst * np.finfo(dt).eps <= FAST_PATH_MAX_LOSS[dt.name]):
-        wmat = np.ascontiguousarray(np.concatenate([quadratic, linear]), dtype=dt)
-        return EStepPlan(kind, shift.astype(dt), const, dt.name, wmat=wmat, wconst=whitened)
+        wlin = np.ascontiguousarray(-0.5 * np.concatenate([quadratic, linear]).T, dtype=dt)
+        return EStepPlan(kind, shift.astype(dt), const, dt.name, wlin=wlin, bias=const - 0.5 * whitened)
     lcat = np.ascontiguousarray(np.concatenate(list(prec_chol), axis=1))  # (D, K*D)
     offset = np.einsum("kd,kde->ke", diff, prec_chol).reshape(-1)
     return EStepPlan("centred", shift.astype(dt), const, dt.name, lcat=lcat.astype(dt), offset=offset.astype(dt))
@@ -297,9 +298,10 @@ def weighted_log_prob(xc: np.ndarray, plan: EStepPlan, z: np.ndarray | None = No
             z = features(xc, plan.kind)
         if out is None:
             out = np.empty((plan.n_components, xc.shape[0]), dtype=np.float64)
-        maha = np.matmul(plan.wmat.T, z, out=out)
-        maha += plan.wconst[:, None]
-        np.maximum(maha, 0.0, out=maha)
+        # log pi_k + log det L_k - D/2 log 2pi - maha_k / 2, as one GEMM and one add
+        wlp = np.matmul(plan.wlin, z, out=out)
+        wlp += plan.bias[:, None]
+        return wlp
     maha *= -0.5
     maha += plan.const[:, None]
     return maha
