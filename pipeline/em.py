@@ -8,6 +8,7 @@ M step.  No N-sized array ever reaches the driver.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from contextlib import contextmanager
@@ -97,6 +98,11 @@ class DataSummary:
     mean: np.ndarray  # (D,)
     var: np.ndarray  # (D,)
     chunk_rows: tuple
+    per_chunk: np.ndarray  # (n_chunks, 3 + 2D): rows, NaN, inf, mean (D), centred sum of squares (D)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the per-chunk counts, means and sums of squares: changes with the data."""
+        return hashlib.sha256(np.ascontiguousarray(self.per_chunk).tobytes()).hexdigest()
 
     @property
     def scale(self) -> float:
@@ -145,7 +151,7 @@ def summarize(X: da.Array, name: str = "data") -> DataSummary:
     mean = (counts[:, None] * means).sum(axis=0) / n
     # Chan et al.: combine per-chunk centred sums of squares
     m2 = m2s.sum(axis=0) + (counts[:, None] * (means - mean) ** 2).sum(axis=0)
-    return DataSummary(int(n), n_features, mean, m2 / n, tuple(X.chunks[0]))
+    return DataSummary(int(n), n_features, mean, m2 / n, tuple(X.chunks[0]), rows)
 
 
 # ------------------------------------------------------------------------------------------

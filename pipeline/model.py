@@ -296,7 +296,7 @@ class GaussianMixture:
         return X.persist() if self.data_cached_ else X
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X, y=None, *, callback=None, resume=None, data_name=None):
+    def fit(self, X, y=None, *, callback=None, resume=None, data_name=None, summary=None):
         """Fit by EM.
 
         callback : called as ``callback(info)`` after every EM iteration with an
@@ -305,22 +305,25 @@ class GaussianMixture:
         resume : a :class:`FitState` from such a callback: the fit continues from it, with the
             same result as an uninterrupted fit.
         data_name : what to call the data in error messages (e.g. its path); default "X".
+        summary : the :class:`pipeline.em.DataSummary` of X if the caller already made that pass
+            (row count, moments, finiteness check); else the fit makes it.
         """
         with single_threaded_blas():
-            self._fit(X, callback=callback, resume=resume, data_name=data_name)
+            self._fit(X, callback=callback, resume=resume, data_name=data_name, summary=summary)
         return self
 
     def fit_predict(self, X, y=None):
         return self.fit(X).predict(X)
 
-    def _fit(self, X, callback=None, resume=None, data_name=None):
+    def _fit(self, X, callback=None, resume=None, data_name=None, summary=None):
         t_start = time.perf_counter()
         name = data_name or "X"
         X, was_dask = check_array(X, name=name, chunk_rows=self.chunk_rows)
         self._validate_params(X.shape[0])
         self._validate_inits(X.shape[1])
         X = self._maybe_cache(X, was_dask)
-        summary = summarize(X, name)
+        if summary is None:
+            summary = summarize(X, name)
         self.n_features_in_ = X.shape[1]
         rng = self._rng()
         state = FitState() if resume is None else resume
