@@ -206,3 +206,20 @@ def test_slurm_rejected_submission_fails_fast_with_the_batch_system_message(slur
             pass
     assert time.monotonic() - start < 30
     assert wait_queue_empty(name) == []
+
+
+def _heartbeat_records_dropped(dask_worker=None):
+    import logging
+
+    record = logging.LogRecord("distributed.worker", logging.ERROR, __file__, 0,
+                               "Failed to communicate with scheduler during heartbeat.", None, None)
+    other = logging.LogRecord("distributed.worker", logging.ERROR, __file__, 0, "a real worker error", None, None)
+    log = logging.getLogger("distributed.worker")
+    return (not log.filter(record), bool(log.filter(other)))
+
+
+def test_local_cluster_shutdown_drops_only_the_heartbeat_race_error():
+    with cluster.connect(make_cfg(kind="local", n_workers=1)) as client:
+        assert set(client.run(_heartbeat_records_dropped).values()) == {(False, True)}
+        cluster._quiet_heartbeats(client)
+        assert set(client.run(_heartbeat_records_dropped).values()) == {(True, True)}
