@@ -36,14 +36,6 @@ COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-def check_covariance_type(covariance_type: str) -> str:
-    if covariance_type not in COVARIANCE_TYPES:
-        raise ValueError(
-            f"covariance_type must be one of {', '.join(COVARIANCE_TYPES)}; got {covariance_type!r}"
-        )
-    return covariance_type
-
-
 def covariance_shape(covariance_type: str, n_components: int, n_features: int) -> tuple:
     return {
         "full": (n_components, n_features, n_features),
@@ -196,8 +188,12 @@ class EStepPlan:
     @property
     def n_quadratic(self) -> int:
         """Number of quadratic features (columns of ``wlin`` before the linear ones)."""
-        d = self.n_features
-        return d * (d + 1) // 2 if self.kind == "outer" else d
+        return n_quadratic(self.kind, self.n_features)
+
+
+def n_quadratic(kind: str, n_features: int) -> int:
+    """Quadratic features per row: D(D+1)/2 outer-product terms ("outer") or D squares ("diag")."""
+    return n_features * (n_features + 1) // 2 if kind == "outer" else n_features
 
 
 def triu_weights(precisions: np.ndarray) -> np.ndarray:
@@ -216,7 +212,7 @@ def features(xc: np.ndarray, kind: str, out: np.ndarray | None = None) -> np.nda
     avoids allocating: hot loops reuse one buffer.
     """
     b, d = xc.shape
-    q = d * (d + 1) // 2 if kind == "outer" else d
+    q = n_quadratic(kind, d)
     z = np.empty((q + d, b), dtype=xc.dtype) if out is None else out[:, :b]
     xt = z[q:]
     xt[...] = xc.T
@@ -445,14 +441,6 @@ class MixtureParams:
 
     def plan(self, dtype="float64", shift=None, kernel="auto") -> EStepPlan:
         return make_plan(self.weights, self.means, self.precisions_cholesky, self.covariance_type, dtype, shift, kernel)
-
-    def arrays(self) -> dict:
-        return {
-            "weights": self.weights,
-            "means": self.means,
-            "covariances": self.covariances,
-            "precisions_cholesky": self.precisions_cholesky,
-        }
 
     def n_parameters(self) -> int:
         """Number of free parameters (for BIC/AIC), as scikit-learn counts them."""

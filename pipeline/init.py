@@ -45,12 +45,17 @@ KMEANS_PP_SAMPLE = 100_000
 # ------------------------------------------------------------------------------------------
 
 
-def _sq_dist(x, centres, shift):
-    """Squared distances (n, K) from rows to centres, computed on shifted values, float64."""
+def _shifted_sq_dist(x, centres, shift):
+    """(x - shift, centres - shift, squared distances (n, K) >= 0), all float64."""
     xs = np.asarray(x, dtype=np.float64) - shift
     cs = centres - shift
     d2 = (xs * xs).sum(axis=1)[:, None] - 2.0 * (xs @ cs.T) + (cs * cs).sum(axis=1)[None, :]
-    return np.maximum(d2, 0.0)
+    return xs, cs, np.maximum(d2, 0.0)
+
+
+def _sq_dist(x, centres, shift):
+    """Squared distances (n, K) from rows to centres, computed on shifted values, float64."""
+    return _shifted_sq_dist(x, centres, shift)[2]
 
 
 def _cost_kernel(block, centres, shift):
@@ -80,16 +85,14 @@ def _lloyd_kernel(block, centres, shift):
 
     The per-centre sums are one GEMM of the one-hot assignment with the shifted rows.
     """
-    xs = np.asarray(block, dtype=np.float64) - shift
-    cs = centres - shift
-    d2 = (xs * xs).sum(axis=1)[:, None] - 2.0 * (xs @ cs.T) + (cs * cs).sum(axis=1)[None, :]
+    xs, cs, d2 = _shifted_sq_dist(block, centres, shift)
     lab = d2.argmin(axis=1)
     k = centres.shape[0]
     onehot = np.zeros((xs.shape[0], k))
     onehot[np.arange(xs.shape[0]), lab] = 1.0
     counts = onehot.sum(axis=0)
     sums = onehot.T @ xs - counts[:, None] * cs
-    inertia = np.maximum(d2[np.arange(xs.shape[0]), lab], 0.0).sum()
+    inertia = d2[np.arange(xs.shape[0]), lab].sum()
     return np.concatenate([[inertia], counts, sums.ravel()])
 
 
