@@ -55,7 +55,6 @@ __all__ = [
     "dataset_from_config",
     "generate_mixture",
     "open_dataset",
-    "prepare_output_dir",
     "publish_dir",
     "read_archive",
     "tmp_sibling",
@@ -648,24 +647,6 @@ def write_array_zarr(
     return final
 
 
-def prepare_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Create the run's output directory, refusing to mix with an earlier run's results.
-
-    If ``path`` exists and is non-empty and ``overwrite`` is False, raise
-    :class:`OutputExistsError`.  With ``overwrite`` True nothing is deleted here: the writers
-    replace their files atomically.  Returns the absolute path.
-    """
-    out = Path(_location(path))
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"output.dir {out} exists and is a file, not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputExistsError(
-            f"output directory {out} already exists and is not empty (results of an earlier "
-            f"run?); set output.overwrite: true to replace its files, or choose another "
-            f"output.dir"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 # --------------------------------------------------------------------------------------------

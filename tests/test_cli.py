@@ -181,3 +181,25 @@ def test_two_runs_never_share_an_output_dir(tmp_path):
         with pytest.raises(OutputExistsError, match="another gmm-pipeline run is using output.dir"):
             run(config_from_dict(cfg))
     assert not Path(cfg["output"]["dir"]).exists()
+
+
+def test_output_dir_check_refuses_results_and_files_before_any_work(tmp_path):
+    from pipeline.exceptions import OutputExistsError
+    from pipeline.run import check_output_dir
+
+    _, cfg = small_config(tmp_path)
+    out = Path(cfg["output"]["dir"])
+    out.mkdir()
+    assert check_output_dir(config_from_dict(cfg), resume=False)[0] == out  # empty: fine
+    out.mkdir()
+    (out / "model.npz").write_text("{}")
+    with pytest.raises(OutputExistsError) as info:
+        check_output_dir(config_from_dict(cfg), resume=False)
+    assert str(out) in str(info.value) and "output.overwrite: true" in str(info.value)
+    overwrite = {**cfg, "output": {**cfg["output"], "overwrite": True}}
+    assert check_output_dir(config_from_dict(overwrite), resume=False)[0] == out
+    assert (out / "model.npz").read_text() == "{}"  # nothing deleted before the run succeeds
+    afile = {**cfg, "output": {**cfg["output"], "dir": str(tmp_path / "f")}}
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OutputExistsError, match="is a file"):
+        check_output_dir(config_from_dict(afile), resume=False)

@@ -17,7 +17,6 @@ from pipeline.io import (
     dataset_from_config,
     generate_mixture,
     open_dataset,
-    prepare_output_dir,
     write_array_zarr,
 )
 
@@ -396,22 +395,3 @@ def test_atomic_write_leaves_old_file_if_writing_fails(tmp_path):
     with pytest.raises(TypeError):
         atomic_write_bytes(target, "not bytes")  # fails inside the write
     assert target.read_text() == "old" and leftovers(tmp_path) == []
-
-
-def test_prepare_output_dir_refuses_non_empty_dir_without_overwrite(tmp_path):
-    out = tmp_path / "run"
-    assert prepare_output_dir(out, overwrite=False) == out and out.is_dir()
-    assert prepare_output_dir(out, overwrite=False) == out  # empty: fine
-    (out / "model.json").write_text("{}")
-    with pytest.raises(OutputExistsError) as info:
-        prepare_output_dir(out, overwrite=False)
-    msg = str(info.value)
-    assert str(out) in msg and "output.overwrite: true" in msg and "output.dir" in msg
-    assert prepare_output_dir(out, overwrite=True) == out
-    assert (out / "model.json").read_text() == "{}"  # nothing deleted
-
-
-def test_prepare_output_dir_refuses_a_file(tmp_path):
-    (tmp_path / "f").write_text("x")
-    with pytest.raises(OutputExistsError, match="is a file"):
-        prepare_output_dir(tmp_path / "f", overwrite=True)
