@@ -279,20 +279,8 @@ class GaussianMixture:
 
     # ------------------------------------------------------------------ caching
     def _maybe_cache(self, X: da.Array, was_dask: bool) -> da.Array:
-        """Persist X in (worker) memory if asked, or if "auto" and it fits; sets ``data_cached_``.
-
-        Streamed data is re-read from its source (e.g. Zarr) on every pass, one chunk at a time
-        per worker thread, so worker memory stays O(chunk + K*D^2) whatever n_samples is.
-        """
-        mode = self.cache
-        client = _distributed_client()
-        if mode == "auto":
-            if not was_dask:
-                # NumPy input is in memory already; with a cluster, send it to the workers once
-                mode = "memory" if client is not None else "none"
-            else:
-                mode = "memory" if X.nbytes <= _memory_budget(client) else "none"
-        self.data_cached_ = mode == "memory"
+        """Persist X in (worker) memory if :func:`should_cache` says so; sets ``data_cached_``."""
+        self.data_cached_ = should_cache(X, self.cache, was_dask)
         return X.persist() if self.data_cached_ else X
 
     # ------------------------------------------------------------------ fitting
@@ -519,6 +507,22 @@ class GaussianMixture:
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"model file {path} has inconsistent metadata: {exc}") from exc
         return model
+
+
+def should_cache(X: da.Array, mode: str = "auto", was_dask: bool = True) -> bool:
+    """Whether to keep X in (worker) memory between passes: ``mode`` "memory"/"none" decide;
+    "auto" keeps NumPy input (on a cluster: sent to the workers once) and Dask data under a
+    quarter of the workers' (or this host's) memory.
+
+    Streamed data is re-read from its source (e.g. Zarr) on every pass, one chunk at a time per
+    worker thread, so worker memory stays O(chunk + K*D^2) whatever n_samples is.
+    """
+    if mode != "auto":
+        return mode == "memory"
+    client = _distributed_client()
+    if not was_dask:
+        return client is not None
+    return X.nbytes <= _memory_budget(client)
 
 
 def _memory_budget(client) -> float:

@@ -34,7 +34,7 @@ from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.em import single_threaded_blas, summarize
 from pipeline.exceptions import CheckpointError, OutputExistsError
 from pipeline.io import atomic_write_text, dataset_from_config, publish_dir
-from pipeline.model import GaussianMixture
+from pipeline.model import GaussianMixture, should_cache
 
 CHECKPOINT_NAME = "checkpoint.npz"
 PROGRESS_NAME = "progress.json"
@@ -217,6 +217,8 @@ def _run_with_client(cfg, X, resume, log, client, out, stage, timings, t0) -> Ru
 
     m = cfg.model
     cache = cfg.data.cache
+    if should_cache(X, cache):
+        X = X.persist()  # once for all candidates (each fit's own persist then finds it in memory)
     results = []
     t_fit = time.perf_counter()
     for k, ct in m.candidates():
