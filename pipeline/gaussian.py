@@ -152,10 +152,10 @@ class EStepPlan:
 
     ``kind`` selects the kernel:
 
-    - "outer" (full, tied) and "diag" (diag, spherical): the fast "features" kernels.  With
-      ``xc = x - shift``, each row is mapped to features ``z``: for "outer" the upper triangle
-      of ``xc xc^T`` (D(D+1)/2 values), for "diag" the squares ``xc**2`` (D values), followed by
-      ``xc`` itself.  Every Mahalanobis distance is then linear in ``z``:
+    - "outer" (full, tied), "diag" (diag) and "sphere" (spherical): the fast "features"
+      kernels.  With ``xc = x - shift``, each row is mapped to features ``z``: for "outer" the
+      upper triangle of ``xc xc^T`` (D(D+1)/2 values), for "diag" the squares ``xc**2`` (D
+      values), for "sphere" the squared norm ``|xc|^2`` (one value), followed by ``xc`` itself.  Every Mahalanobis distance is then linear in ``z``:
       ``maha_k = z . w_k + d_k^T P_k d_k``, with ``w_k`` holding ``P_k`` (off-diagonals
       doubled) and ``-2 P_k d_k`` (``d_k = mu_k - shift``), so the weighted log-densities are
       ``wlin @ z + bias`` with ``wlin`` (K, Q + D) = ``-w / 2`` and ``bias = const - d^T P d / 2``;
@@ -192,8 +192,11 @@ class EStepPlan:
 
 
 def n_quadratic(kind: str, n_features: int) -> int:
-    """Quadratic features per row: D(D+1)/2 outer-product terms ("outer") or D squares ("diag")."""
-    return n_features * (n_features + 1) // 2 if kind == "outer" else n_features
+    """Quadratic features per row: D(D+1)/2 outer-product terms ("outer"), D squares ("diag")
+    or the squared norm ("sphere")."""
+    if kind == "outer":
+        return n_features * (n_features + 1) // 2
+    return 1 if kind == "sphere" else n_features
 
 
 def triu_weights(precisions: np.ndarray) -> np.ndarray:
@@ -203,24 +206,32 @@ def triu_weights(precisions: np.ndarray) -> np.ndarray:
     return (precisions[:, iu, ju] * np.where(iu == ju, 1.0, 2.0)).T
 
 
-def features(xc: np.ndarray, kind: str, out: np.ndarray | None = None) -> np.ndarray:
-    """Features of a block of shifted rows, transposed: (Q + D, B) with Q quadratic rows.
+def features(x: np.ndarray, kind: str, out: np.ndarray | None = None, shift=None) -> np.ndarray:
+    """Features of a block of rows, transposed: (Q + D, B) with Q quadratic rows.
 
     "outer": the upper triangles of the rows' outer products (Q = D(D+1)/2); "diag": their
-    squares (Q = D); then the rows themselves.  Built from the transposed rows (the last D rows
-    of the result), each product a contiguous vector operation.  ``out`` (at least (Q + D, B))
-    avoids allocating: hot loops reuse one buffer.
+    squares (Q = D); "sphere": their squared norms (Q = 1); then the rows themselves.  ``x``
+    holds shifted rows, or raw rows when ``shift`` is given: the subtraction is then fused with
+    the transposition (one pass; computed in the wider of the two dtypes, then rounded to
+    ``out``'s).  Built from the transposed rows (the last D rows of the result), each product a
+    contiguous vector operation.  ``out`` (at least (Q + D, B)) avoids allocating: hot loops
+    reuse one buffer.
     """
-    b, d = xc.shape
+    b, d = x.shape
     q = n_quadratic(kind, d)
-    z = np.empty((q + d, b), dtype=xc.dtype) if out is None else out[:, :b]
+    z = np.empty((q + d, b), dtype=x.dtype) if out is None else out[:, :b]
     xt = z[q:]
-    xt[...] = xc.T
+    if shift is None:
+        xt[...] = x.T
+    else:
+        np.subtract(x.T, np.asarray(shift)[:, None], out=xt, casting="unsafe")
     if kind == "outer":
         o = 0
         for i in range(d):
             np.multiply(xt[i], xt[i:], out=z[o : o + d - i])
             o += d - i
+    elif kind == "sphere":
+        np.einsum("ij,ij->j", xt, xt, out=z[0])
     else:
         np.multiply(xt, xt, out=z[:q])
     return z
@@ -256,8 +267,11 @@ def make_plan(weights, means, prec_chol, covariance_type, dtype="float64", shift
     else:
         prec = np.repeat((prec_chol**2)[:, None], n_features, axis=1) if covariance_type == "spherical" else prec_chol**2
         whitened = np.sum(prec * diff**2, axis=1)
-        quadratic, linear = prec.T, -2.0 * (prec * diff).T
-        kind = "diag"
+        linear = -2.0 * (prec * diff).T
+        if covariance_type == "spherical":  # one precision per component: weights |xc|^2
+            quadratic, kind = prec[:, :1].T, "sphere"
+        else:
+            quadratic, kind = prec.T, "diag"
         prec_chol = np.stack([np.diag(np.sqrt(p)) for p in prec])  # for the centred fallback
     # components of negligible weight (emptied, collapsed) do not decide the kernel: their
     # distances barely move any responsibility
@@ -278,7 +292,8 @@ def weighted_log_prob(xc: np.ndarray, plan: EStepPlan, z: np.ndarray | None = No
 
     The (K, B) layout makes the per-row max/sum over components of the responsibilities
     elementwise operations between rows of length B (5x faster than reducing rows of length K).
-    xc : (B, D) in the plan's dtype; z : its :func:`features` if already computed;
+    xc : (B, D) in the plan's dtype; z : its :func:`features` if already computed (then
+    ``xc`` is not used by the features kernels and may be None);
     out : optional (K, B) buffer, float64 or (hot float32 kernels) float32; default float64.
     """
     if plan.kind == "centred":
@@ -293,10 +308,11 @@ def weighted_log_prob(xc: np.ndarray, plan: EStepPlan, z: np.ndarray | None = No
         if z is None:
             z = features(xc, plan.kind)
         if out is None:
-            out = np.empty((plan.n_components, xc.shape[0]), dtype=np.float64)
+            out = np.empty((plan.n_components, z.shape[1]), dtype=np.float64)
         # log pi_k + log det L_k - D/2 log 2pi - maha_k / 2, as one GEMM and one add
         wlp = np.matmul(plan.wlin, z, out=out)
-        wlp += plan.bias[:, None]
+        # in the buffer's dtype: a float64 operand would make a float32 add a converting loop
+        wlp += plan.bias.astype(wlp.dtype, copy=False)[:, None]
         return wlp
     maha *= -0.5
     maha += plan.const[:, None]
@@ -318,17 +334,58 @@ def log_responsibilities(xc: np.ndarray, plan: EStepPlan) -> tuple[np.ndarray, n
     return lpx, (wlp - lpx).T
 
 
-def responsibilities(wlp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def column_max(a: np.ndarray, scratch: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Max over axis 0 of a (K, B) array into ``out`` (B,), by pairwise halving.
+
+    A handful of long elementwise calls, each releasing the GIL: ``np.max(axis=0)`` holds it
+    (two Dask threads running it at once were slower than one).  ``scratch``: at least
+    (max(K // 2, 1), B) of ``a``'s dtype.
+    """
+    src, k = a, a.shape[0]
+    while k > 1:
+        h = k // 2
+        dst = scratch[:h]
+        np.maximum(src[:h], src[h : 2 * h], out=dst)
+        if k % 2:
+            np.maximum(dst[0], src[2 * h], out=dst[0])
+        src, k = dst, h
+    out[...] = src[0]
+    return out
+
+
+def responsibilities_scratch_size(n_components: int, n_rows: int) -> int:
+    return (max(n_components // 2, 1) + 2) * n_rows + n_components
+
+
+def responsibilities(wlp: np.ndarray, scratch=None) -> tuple[np.ndarray, np.ndarray]:
     """(log p(x) (B,), r (K, B)) from component-major weighted log-probabilities (K, B), with
-    a single exp pass, in place: ``wlp`` is overwritten by the responsibilities."""
-    amax = np.max(wlp, axis=0)
-    amax[~np.isfinite(amax)] = 0.0
+    a single exp pass, in place: ``wlp`` (C-contiguous) is overwritten by the responsibilities.
+
+    Built for two Dask threads sharing a process: every step is a few long calls that release
+    the GIL (the max by :func:`column_max`; the sum over components as a GEMV through
+    ``np.dot``, where ``np.matmul`` and ``np.sum(axis=0)`` hold it).  ``scratch``: optional
+    buffer of ``wlp``'s dtype, at least ``responsibilities_scratch_size(K, B)`` long, reused by
+    hot loops.
+    """
+    k, b = wlp.shape
+    h = max(k // 2, 1)
+    if scratch is None:
+        scratch = np.empty(responsibilities_scratch_size(k, b), dtype=wlp.dtype)
+    halves = scratch[: h * b].reshape(h, b)
+    amax, s = scratch[h * b : (h + 1) * b], scratch[(h + 1) * b : (h + 2) * b]
+    ones = scratch[(h + 2) * b : (h + 2) * b + k]
+    column_max(wlp, halves, amax)
+    if not np.all(np.isfinite(amax)):
+        amax[~np.isfinite(amax)] = 0.0
     r = np.subtract(wlp, amax, out=wlp)
     np.exp(r, out=r)
-    s = r.sum(axis=0)
-    r /= s
-    with np.errstate(divide="ignore"):
-        return amax + np.log(s), r
+    ones[...] = 1.0
+    np.dot(ones, r, out=s)
+    with np.errstate(divide="ignore", invalid="ignore"):  # rows with s = 0 are not finite: dropped by callers
+        lpx = np.log(s)
+        lpx += amax
+        r *= np.reciprocal(s, out=s)  # one division per row, not per component
+    return lpx, r
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,7 +397,7 @@ def covariances_from_stats(s0, s1, s2, reg_covar, covariance_type):
     """Covariances from statistics centred at per-component centres ``c_k``.
 
     s0 (K,) = sum r (plus the tiny floor), s1 (K, D) = sum r (x - c_k), s2 = sum r (x-c_k)(x-c_k)^T
-    as (K, D, D) for full/tied or its diagonal (K, D) for diag/spherical.
+    as (K, D, D) for full/tied, its diagonal (K, D) for diag, its trace (K,) for spherical.
     Uses ``Sigma_k = s2/s0 - e e^T`` with the mean shift ``e = s1/s0`` (small, as ``c_k`` is the
     previous mean), so nothing large cancels.
     """
@@ -356,10 +413,10 @@ def covariances_from_stats(s0, s1, s2, reg_covar, covariance_type):
         cov = 0.5 * (cov + cov.T)
         cov[np.arange(n_features), np.arange(n_features)] += reg_covar
         return cov
-    var = np.maximum(s2 / s0[:, None] - e * e, 0.0) + reg_covar
     if covariance_type == "diag":
-        return var
-    return var.mean(axis=1)
+        return np.maximum(s2 / s0[:, None] - e * e, 0.0) + reg_covar
+    # spherical: s2 (K,) = sum r |x - c_k|^2; the variance is the mean over features
+    return np.maximum(s2 / s0 - np.sum(e * e, axis=1), 0.0) / n_features + reg_covar
 
 
 def floor_covariances(covariances, covariance_type, scale, reg_covar):

@@ -7,7 +7,7 @@ per-component centres ``c_k`` (the previous means in EM), accumulated in float64
 compute dtype, so a large common offset in the data does not cancel catastrophically.
 
 On the wire a statistic is one flat float64 vector (``to_vector``/``from_vector``):
-``[n_rows, sum log p(x), n_nonfinite, s0 (K), s1 (K*D), s2 (K*D*D or K*D)]``.  Adding vectors
+``[n_rows, sum log p(x), n_nonfinite, s0 (K), s1 (K*D), s2 (K*D*D, K*D or K)]``.  Adding vectors
 is merging statistics, so Dask's own tree-reducing ``sum`` does the reduction.
 """
 
@@ -25,14 +25,16 @@ from pipeline.gaussian import (
     log_responsibilities,
     features,
     responsibilities,
-    weighted_log_prob,
+    responsibilities_scratch_size,
 )
 
 #: rows per block inside a chunk (for the centred kernel and initialisation): keeps the per-block
 #: temporaries cache-sized.
 ROW_BLOCK = 2048
 #: the features kernel sizes its blocks so that the features buffer holds about this many bytes
-#: (measured best on 2 cores: 4096-8192 rows for D=16 full, 8192 for diag)
+#: (measured best on 2 cores with 2 Dask threads: 4096-8192 rows for D=16 full, 8192 for diag
+#: and spherical; smaller blocks run faster on one thread, where the two small GEMMs of diag
+#: and spherical keep their operands in L2, but lose more to GIL hand-offs between the threads)
 FEATURES_BLOCK_BYTES = 4 * 2**20
 
 
@@ -46,8 +48,11 @@ _HEADER = 3
 
 
 def second_order_shape(covariance_type: str, n_components: int, n_features: int) -> tuple:
+    """Shape of s2: outer products (full, tied), their diagonals (diag), traces (spherical)."""
     if covariance_type in ("full", "tied"):
         return (n_components, n_features, n_features)
+    if covariance_type == "spherical":
+        return (n_components,)
     return (n_components, n_features)
 
 
@@ -58,7 +63,8 @@ def vector_length(covariance_type: str, n_components: int, n_features: int) -> i
 
 @dataclass
 class SuffStats:
-    """Sums over rows: n, sum log p(x), s0 = sum r, s1 = sum r (x - c), s2 = sum r (x-c)(x-c)^T.
+    """Sums over rows: n, sum log p(x), s0 = sum r, s1 = sum r (x - c), s2 = sum r (x-c)(x-c)^T
+    (full, tied), its diagonal (diag) or its trace (spherical).
 
     ``n_nonfinite`` counts rows left out because their log-density is not finite (NaN or inf in
     the row, or values too large for the compute dtype); the EM driver refuses such data.
@@ -134,43 +140,55 @@ class SuffStats:
         return st
 
     def _add_features_chunk(self, x, plan: EStepPlan) -> "SuffStats":
-        """The fast path (plan kinds "outer" and "diag"), block by block in reused buffers:
-        z = features(x - shift); log-densities = z^T W (one GEMM); G += z @ r (one GEMM).
+        """The fast path (plan kinds "outer", "diag", "sphere"), block by block in reused buffers.
 
-        G (Q + D, K) holds sum r z: the second moments about the shift (upper triangles, or
-        diagonals) over sum r (x - shift); it is re-centred at the per-component centres once per
-        chunk, in float64.  All per-block arrays live in buffers allocated once per chunk: no
-        allocation per block (allocator churn costs 2-3x where Dask workers set
-        MALLOC_TRIM_THRESHOLD_, as distributed does by default).
+        Per block: ``z`` = features(x - shift) with a row of ones appended; the weighted
+        log-densities ``[W | bias] @ z`` (one GEMM, the bias riding on the ones); responsibilities
+        ``r`` in place; ``G += z @ r^T`` (one GEMM), whose last row (from the ones) is sum r.
+
+        G (Q + D + 1, K) holds sum r z: the second moments about the shift (upper triangles,
+        diagonals or squared norms), sum r (x - shift) and sum r.  Per-block partials are in the
+        compute dtype, G in float64; G is re-centred at the per-component centres once per chunk.
+        All per-block arrays are views of buffers allocated once per chunk (allocator churn costs
+        2-3x where Dask workers set MALLOC_TRIM_THRESHOLD_, as distributed does by default), and
+        every call is long enough to release the GIL, through ``np.dot`` rather than
+        ``np.matmul`` (which holds it for these shapes): Dask runs two such kernels in threads.
         """
         k, d = self.s1.shape
         n = x.shape[0]
         q = plan.n_quadratic
+        p = q + d + 1
         dt = np.dtype(plan.dtype)
-        block = features_block_rows(q + d, dt.itemsize)
+        block = features_block_rows(p, dt.itemsize)
         bmax = max(1, min(block, n))
-        xc_buf = np.empty((bmax, d), dtype=dt)
-        z_buf = np.empty((q + d, bmax), dtype=dt)
+        wext = np.ascontiguousarray(np.concatenate([plan.wlin, plan.bias[:, None]], axis=1), dtype=dt)
+        z_buf = np.empty(p * bmax, dtype=dt)
         # log-densities and responsibilities in the compute dtype: float32 exp is much cheaper,
         # and its ~1e-7 relative error is far below what float32 data carries anyway
-        w_buf = np.empty((k, bmax), dtype=dt)
-        g_part = np.empty((q + d, k), dtype=dt)
-        g = np.zeros((q + d, k))
+        w_buf = np.empty(k * bmax, dtype=dt)
+        scratch = np.empty(responsibilities_scratch_size(k, bmax), dtype=dt)
+        g_part = np.empty((p, k), dtype=dt)
+        g = np.zeros((p, k))
         for start in range(0, n, block):
             m = min(block, n - start)
-            xc = np.subtract(x[start : start + m], plan.shift, out=xc_buf[:m], casting="unsafe")
-            z = features(xc, plan.kind, out=z_buf)
-            lpx, resp = responsibilities(weighted_log_prob(xc, plan, z, out=w_buf[:, :m]))  # resp (K, m)
+            z = z_buf[: p * m].reshape(p, m)  # contiguous views: np.dot writes only into those
+            if start == 0 or m != block:
+                z[-1] = 1.0
+            # x - shift: subtracted in the wider dtype, then rounded (float64 data at a large
+            # offset keeps its precision in a float32 computation)
+            features(x[start : start + m], plan.kind, out=z[:-1], shift=plan.shift)
+            w = np.dot(wext, z, out=w_buf[: k * m].reshape(k, m))
+            lpx, resp = responsibilities(w, scratch)  # resp (K, m), in w
             if not np.all(np.isfinite(lpx)):
                 self.n_nonfinite += float(np.count_nonzero(~np.isfinite(lpx)))
                 ok = np.isfinite(lpx)
                 lpx, resp, z = lpx[ok], resp[:, ok], z[:, ok]
             self.n += lpx.shape[0]
             self.loglik += float(lpx.sum(dtype=np.float64))
-            self.s0 += resp.sum(axis=1, dtype=np.float64)
-            g += np.matmul(z, resp.T, out=g_part)
+            g += np.dot(z, resp.T, out=g_part)
+        self.s0 = g[-1].copy()
         dk = self.centres - np.asarray(plan.shift, dtype=np.float64)
-        r1 = g[q:].T
+        r1 = g[q:-1].T
         self.s1 = r1 - self.s0[:, None] * dk
         if plan.kind == "outer":
             iu, ju = np.triu_indices(d)
@@ -183,6 +201,8 @@ class SuffStats:
                 - np.einsum("ki,kj->kij", r1, dk)
                 + self.s0[:, None, None] * np.einsum("ki,kj->kij", dk, dk)
             )
+        elif plan.kind == "sphere":
+            self.s2 = g[0] - 2.0 * np.sum(dk * r1, axis=1) + self.s0 * np.sum(dk * dk, axis=1)
         else:
             self.s2 = g[:q].T - 2.0 * dk * r1 + self.s0[:, None] * dk * dk
         return self
@@ -209,7 +229,8 @@ class SuffStats:
             rx = resp.T @ x64
             rxx = resp.T @ (x64 * x64)
             self.s1 += rx - nk[:, None] * d
-            self.s2 += rxx - 2.0 * d * rx + nk[:, None] * d * d
+            s2 = rxx - 2.0 * d * rx + nk[:, None] * d * d
+            self.s2 += s2.sum(axis=1) if self.covariance_type == "spherical" else s2
 
     # ---------------------------------------------------------------- merging
     def merge(self, other: "SuffStats") -> "SuffStats":

@@ -85,7 +85,7 @@ def test_fast_features_kernel_equals_centred_kernel(ct, dtype):
     X = rng.normal(size=(2500, 5)) * 2
     fast = SuffStats.from_chunk(X.astype(dtype), p.plan(dtype, kernel="features"), p.means, ct)
     slow = SuffStats.from_chunk(X.astype(dtype), p.plan(dtype, kernel="centred"), p.means, ct)
-    assert p.plan(dtype).kind == ("outer" if ct in ("full", "tied") else "diag")
+    assert p.plan(dtype).kind == {"full": "outer", "tied": "outer", "diag": "diag", "spherical": "sphere"}[ct]
     rtol = 1e-11 if dtype == "float64" else 2e-5
     np.testing.assert_allclose(fast.loglik, slow.loglik, rtol=rtol)
     np.testing.assert_allclose(fast.to_vector(), slow.to_vector(), rtol=rtol, atol=rtol * np.abs(slow.to_vector()).max())
@@ -107,3 +107,55 @@ def test_components_far_apart_switch_to_the_centred_kernel_and_stay_accurate():
     np.testing.assert_allclose(new.covariances[1], np.cov(b.T, bias=True), rtol=1e-9)
     moderate = MixtureParams(p.weights, np.array([[0.0, 0.0], [20.0, 20.0]]), cov, p.precisions_cholesky, "full")
     assert moderate.plan("float32").kind == "outer" and moderate.plan("float32").dtype == "float32"
+
+
+@pytest.mark.parametrize("ct", TYPES)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_fast_kernel_over_several_blocks_and_a_short_last_one(ct, dtype):
+    """Blocks reuse buffers and a row of ones (for the bias and sum r): a chunk of two full
+    blocks and a 37-row tail gives the statistics of the centred kernel."""
+    from pipeline.stats import features_block_rows
+    from pipeline.gaussian import n_quadratic
+
+    rng = np.random.default_rng(5)
+    k, d = 4, 5
+    p = _params(rng, k, d, ct)
+    plan = p.plan(dtype, kernel="features")
+    block = features_block_rows(n_quadratic(plan.kind, d) + d + 1, np.dtype(dtype).itemsize)
+    X = (rng.normal(size=(2 * block + 37, d)) * 2).astype(dtype)
+    fast = SuffStats.from_chunk(X, plan, p.means, ct)
+    slow = SuffStats.from_chunk(X, p.plan(dtype, kernel="centred"), p.means, ct)
+    assert fast.n == slow.n == X.shape[0]
+    rtol = 1e-11 if dtype == "float64" else 2e-5
+    np.testing.assert_allclose(fast.s0.sum(), X.shape[0], rtol=rtol)
+    np.testing.assert_allclose(fast.to_vector(), slow.to_vector(), rtol=rtol, atol=rtol * np.abs(slow.to_vector()).max())
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 16, 17])
+@pytest.mark.parametrize("b", [1, 3, 64])
+def test_responsibilities_match_logsumexp_for_any_k_and_block(k, b):
+    """The pairwise column max and GEMV row sums give scipy's log-sum-exp and normalised
+    responsibilities, also for blocks shorter than K; non-finite rows stay non-finite."""
+    from scipy.special import logsumexp
+
+    from pipeline.gaussian import column_max, responsibilities
+
+    rng = np.random.default_rng(k * 100 + b)
+    wlp = rng.normal(size=(k, b)) * 50 - 300
+    expect_lpx = logsumexp(wlp, axis=0)
+    expect_r = np.exp(wlp - expect_lpx)
+    out = np.empty(b)
+    np.testing.assert_array_equal(column_max(wlp, np.empty((max(k // 2, 1), b)), out), wlp.max(axis=0))
+    lpx, r = responsibilities(wlp.copy())
+    np.testing.assert_allclose(lpx, expect_lpx, rtol=1e-13)
+    np.testing.assert_allclose(r, expect_r, rtol=1e-10, atol=1e-300)
+    bad = wlp.copy()
+    bad[:, 0] = -np.inf  # a row no component can explain
+    if b > 1:
+        bad[k // 2, -1] = np.nan  # a NaN in any component of a row
+    lpx, r = responsibilities(bad)
+    assert lpx[0] == -np.inf
+    if b > 1:
+        assert np.isnan(lpx[-1])
+    if b > 2:
+        np.testing.assert_allclose(lpx[1:-1], expect_lpx[1:-1], rtol=1e-13)
