@@ -353,11 +353,19 @@ def column_max(a: np.ndarray, scratch: np.ndarray, out: np.ndarray) -> np.ndarra
     return out
 
 
+#: log-responsibilities are clamped here before exp where some are lower: exp of what would
+#: underflow takes NumPy's slow path (float64: 5x slower per element below -708, common with
+#: separated clusters), and denormals are slow in multiplies and GEMMs.  e^floor stays normal
+#: also once divided by K; r >= e^floor changes sum r by < K e^floor relative, far below the
+#: dtype's resolution.
+EXP_FLOOR = {"float64": -600.0, "float32": -75.0}
+
+
 def responsibilities_scratch_size(n_components: int, n_rows: int) -> int:
     return (max(n_components // 2, 1) + 2) * n_rows + n_components
 
 
-def responsibilities(wlp: np.ndarray, scratch=None) -> tuple[np.ndarray, np.ndarray]:
+def responsibilities(wlp: np.ndarray, scratch=None, clamp: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(log p(x) (B,), r (K, B)) from component-major weighted log-probabilities (K, B), with
     a single exp pass, in place: ``wlp`` (C-contiguous) is overwritten by the responsibilities.
 
@@ -365,7 +373,8 @@ def responsibilities(wlp: np.ndarray, scratch=None) -> tuple[np.ndarray, np.ndar
     the GIL (the max by :func:`column_max`; the sum over components as a GEMV through
     ``np.dot``, where ``np.matmul`` and ``np.sum(axis=0)`` hold it).  ``scratch``: optional
     buffer of ``wlp``'s dtype, at least ``responsibilities_scratch_size(K, B)`` long, reused by
-    hot loops.
+    hot loops.  ``clamp``: floor the log-responsibilities at EXP_FLOOR before exp (see there);
+    a pass that only pays off where some of them are below it.
     """
     k, b = wlp.shape
     h = max(k // 2, 1)
@@ -375,9 +384,14 @@ def responsibilities(wlp: np.ndarray, scratch=None) -> tuple[np.ndarray, np.ndar
     amax, s = scratch[h * b : (h + 1) * b], scratch[(h + 1) * b : (h + 2) * b]
     ones = scratch[(h + 2) * b : (h + 2) * b + k]
     column_max(wlp, halves, amax)
-    if not np.all(np.isfinite(amax)):
-        amax[~np.isfinite(amax)] = 0.0
+    nonfinite = None
+    if not np.all(np.isfinite(amax)):  # rows no component explains (-inf), or NaN/inf in them
+        nonfinite = ~np.isfinite(amax)
+        bad_max = amax[nonfinite]
+        amax[nonfinite] = 0.0
     r = np.subtract(wlp, amax, out=wlp)
+    if clamp:
+        np.maximum(r, EXP_FLOOR[r.dtype.name], out=r)
     np.exp(r, out=r)
     ones[...] = 1.0
     np.dot(ones, r, out=s)
@@ -385,6 +399,8 @@ def responsibilities(wlp: np.ndarray, scratch=None) -> tuple[np.ndarray, np.ndar
         lpx = np.log(s)
         lpx += amax
         r *= np.reciprocal(s, out=s)  # one division per row, not per component
+    if nonfinite is not None:
+        lpx[nonfinite] = bad_max  # such rows stay non-finite (the clamp would make them finite)
     return lpx, r
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.gaussian import (
+    EXP_FLOOR,
     EStepPlan,
     MixtureParams,
     covariances_from_stats,
@@ -169,6 +170,7 @@ class SuffStats:
         scratch = np.empty(responsibilities_scratch_size(k, bmax), dtype=dt)
         g_part = np.empty((p, k), dtype=dt)
         g = np.zeros((p, k))
+        clamp = None  # decided on the chunk's first block: do responsibilities underflow?
         for start in range(0, n, block):
             m = min(block, n - start)
             z = z_buf[: p * m].reshape(p, m)  # contiguous views: np.dot writes only into those
@@ -178,7 +180,9 @@ class SuffStats:
             # offset keeps its precision in a float32 computation)
             features(x[start : start + m], plan.kind, out=z[:-1], shift=plan.shift)
             w = np.dot(wext, z, out=w_buf[: k * m].reshape(k, m))
-            lpx, resp = responsibilities(w, scratch)  # resp (K, m), in w
+            if clamp is None:
+                clamp = bool(np.any(w.max(axis=0) - w.min(axis=0) > -EXP_FLOOR[dt.name]))
+            lpx, resp = responsibilities(w, scratch, clamp)  # resp (K, m), in w
             if not np.all(np.isfinite(lpx)):
                 self.n_nonfinite += float(np.count_nonzero(~np.isfinite(lpx)))
                 ok = np.isfinite(lpx)

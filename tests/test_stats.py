@@ -141,14 +141,15 @@ def test_responsibilities_match_logsumexp_for_any_k_and_block(k, b):
     from pipeline.gaussian import column_max, responsibilities
 
     rng = np.random.default_rng(k * 100 + b)
-    wlp = rng.normal(size=(k, b)) * 50 - 300
+    wlp = rng.normal(size=(k, b)) * 200 - 300
     expect_lpx = logsumexp(wlp, axis=0)
     expect_r = np.exp(wlp - expect_lpx)
     out = np.empty(b)
     np.testing.assert_array_equal(column_max(wlp, np.empty((max(k // 2, 1), b)), out), wlp.max(axis=0))
-    lpx, r = responsibilities(wlp.copy())
-    np.testing.assert_allclose(lpx, expect_lpx, rtol=1e-13)
-    np.testing.assert_allclose(r, expect_r, rtol=1e-10, atol=1e-300)
+    for clamp in (True, False):  # spreads of ~200 * 4 reach below EXP_FLOOR (-600)
+        lpx, r = responsibilities(wlp.copy(), clamp=clamp)
+        np.testing.assert_allclose(lpx, expect_lpx, rtol=1e-13)
+        np.testing.assert_allclose(r, expect_r, rtol=1e-10, atol=1e-250)
     bad = wlp.copy()
     bad[:, 0] = -np.inf  # a row no component can explain
     if b > 1:
