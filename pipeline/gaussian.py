@@ -362,7 +362,7 @@ EXP_FLOOR = {"float64": -600.0, "float32": -75.0}
 
 
 def responsibilities_scratch_size(n_components: int, n_rows: int) -> int:
-    return (max(n_components // 2, 1) + 2) * n_rows + n_components
+    return (max(n_components // 2, 1) + 3) * n_rows + n_components
 
 
 def responsibilities(wlp: np.ndarray, scratch=None, clamp: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -373,7 +373,7 @@ def responsibilities(wlp: np.ndarray, scratch=None, clamp: bool = True) -> tuple
     the GIL (the max by :func:`column_max`; the sum over components as a GEMV through
     ``np.dot``, where ``np.matmul`` and ``np.sum(axis=0)`` hold it).  ``scratch``: optional
     buffer of ``wlp``'s dtype, at least ``responsibilities_scratch_size(K, B)`` long, reused by
-    hot loops.  ``clamp``: floor the log-responsibilities at EXP_FLOOR before exp (see there);
+    hot loops (the returned log p(x) is a view into it).  ``clamp``: floor the log-responsibilities at EXP_FLOOR before exp (see there);
     a pass that only pays off where some of them are below it.
     """
     k, b = wlp.shape
@@ -381,8 +381,8 @@ def responsibilities(wlp: np.ndarray, scratch=None, clamp: bool = True) -> tuple
     if scratch is None:
         scratch = np.empty(responsibilities_scratch_size(k, b), dtype=wlp.dtype)
     halves = scratch[: h * b].reshape(h, b)
-    amax, s = scratch[h * b : (h + 1) * b], scratch[(h + 1) * b : (h + 2) * b]
-    ones = scratch[(h + 2) * b : (h + 2) * b + k]
+    amax, s, lpx = (scratch[(h + i) * b : (h + i + 1) * b] for i in range(3))
+    ones = scratch[(h + 3) * b : (h + 3) * b + k]
     column_max(wlp, halves, amax)
     nonfinite = None
     if not np.all(np.isfinite(amax)):  # rows no component explains (-inf), or NaN/inf in them
@@ -396,7 +396,7 @@ def responsibilities(wlp: np.ndarray, scratch=None, clamp: bool = True) -> tuple
     ones[...] = 1.0
     np.dot(ones, r, out=s)
     with np.errstate(divide="ignore", invalid="ignore"):  # rows with s = 0 are not finite: dropped by callers
-        lpx = np.log(s)
+        np.log(s, out=lpx)
         lpx += amax
         r *= np.reciprocal(s, out=s)  # one division per row, not per component
     if nonfinite is not None:
