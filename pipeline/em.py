@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import uuid
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Callable
 import dask
 import dask.array as da
 import numpy as np
-from dask.base import is_dask_collection, tokenize
+from dask.base import is_dask_collection
 from dask.core import flatten
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
@@ -68,7 +69,11 @@ def _chunk_tasks(X: da.Array, kernel: Callable, args, kwargs) -> tuple[str, list
     """
     kwargs = dict(kwargs)
     pass_block_id = kwargs.pop("pass_block_id", False)
-    name = f"{funcname(kernel)}-{tokenize(X, kernel, args, kwargs, pass_block_id)}"
+    # a fresh name per call: two computations of the same statistics back to back (a converged
+    # iteration, a repeated score) must not share keys, or the first one's release can make the
+    # scheduler forget a key the second is about to gather (seen: "Couldn't gather keys ...
+    # forgotten", then a recomputation)
+    name = f"{funcname(kernel)}-{uuid.uuid4().hex}"
     deps, refs = [X], []
     for a in args:
         if is_dask_collection(a):
