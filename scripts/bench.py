@@ -658,8 +658,8 @@ def main(argv=None) -> int:
         notes = [
             "s/iter: median per-iteration time, initialisation excluded (Spark: (t(maxIter=%d) - t(maxIter=1)) / %d)."
             % (args.spark_iters, args.spark_iters - 1),
-            "GFLOP/s: 4*N*K*D^2 per iteration / (s/iter) (an 'effective' rate: gmm-pipeline's kernel needs about half",
-            "  those FLOPs, exploiting the symmetry of the outer products); % peak: of the tall GEMM of the same dtype.",
+            "GFLOP/s: 4*N*K*D^2 per iteration / (s/iter) (an 'effective' rate: gmm-pipeline's kernel does 4*N*K*(D(D+1)/2+D+1),",
+            "  about 60% of those FLOPs, using the symmetry of the outer products); % peak: of the tall GEMM of the same dtype.",
             "x sklearn: scikit-learn s/iter (same dtype) / row's s/iter; x Spark: Spark float64 s/iter / row's s/iter.",
         ]
         if spark_note:
