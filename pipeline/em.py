@@ -25,6 +25,7 @@ from dask.base import is_dask_collection
 from dask.core import flatten
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
+from dask.task_spec import List, Task, TaskRef
 from dask.utils import funcname
 from threadpoolctl import ThreadpoolController
 
@@ -62,13 +63,21 @@ def as_row_chunked(X) -> da.Array:
 def _chunk_tasks(X: da.Array, kernel: Callable, args, kwargs) -> tuple[str, list, list, dict]:
     """One task per row chunk: ``kernel(chunk, *args, **kwargs)`` as a float64 vector.
 
-    Returns (name, task keys, dependencies, layer).  Dask collections among ``args`` (e.g.
-    ``dask.delayed(plan, pure=True)``, sent once per computation) are passed by key; other
-    arguments are embedded in every task.  ``pass_block_id=True`` passes ``block_id=(i, 0)``
+    Tasks are ``dask.task_spec.Task`` objects with explicit ``TaskRef`` dependencies (the
+    tuple form is deprecated, and it silently passes a key as a literal tuple when the key is
+    not in the graph, e.g. for an optimised array of persisted chunks).
+
+    Returns (name, task keys, dependencies, layer).  ``dask.delayed`` objects among ``args``
+    (e.g. ``dask.delayed(plan, pure=True)``, sent once per computation) are passed by key; other
+    arguments are embedded in every task (other Dask collections are refused).  ``pass_block_id=True`` passes ``block_id=(i, 0)``
     as ``map_blocks`` would.
     """
+    if X.ndim != 2 or X.numblocks[1] != 1:
+        raise ValueError(f"expected a 2-D array chunked along rows only; got chunks {X.chunks}")
     kwargs = dict(kwargs)
     pass_block_id = kwargs.pop("pass_block_id", False)
+    if any(is_dask_collection(v) for v in kwargs.values()):
+        raise TypeError(f"{funcname(kernel)}: pass Dask collections as positional arguments")
     # a fresh name per call: two computations of the same statistics back to back (a converged
     # iteration, a repeated score) must not share keys, or the first one's release can make the
     # scheduler forget a key the second is about to gather (seen: "Couldn't gather keys ...
@@ -76,15 +85,17 @@ def _chunk_tasks(X: da.Array, kernel: Callable, args, kwargs) -> tuple[str, list
     name = f"{funcname(kernel)}-{uuid.uuid4().hex}"
     deps, refs = [X], []
     for a in args:
-        if is_dask_collection(a):
+        if isinstance(a, Delayed):
             deps.append(a)
-            refs.append(a.key)
+            refs.append(TaskRef(a.key))
+        elif is_dask_collection(a):
+            raise TypeError(f"{funcname(kernel)}: only dask.delayed objects can be passed by key, got {type(a).__name__}")
         else:
             refs.append(a)
     layer, keys = {}, []
     for i, chunk_key in enumerate(flatten(X.__dask_keys__())):
         kw = {**kwargs, "block_id": (i, 0)} if pass_block_id else kwargs
-        layer[(name, i)] = (partial(_kernel_vector, kernel, **kw), chunk_key, *refs)
+        layer[(name, i)] = Task((name, i), partial(_kernel_vector, kernel, **kw), TaskRef(chunk_key), *refs)
         keys.append((name, i))
     return name, keys, deps, layer
 
@@ -125,7 +136,7 @@ def reduce_blocks(X: da.Array, kernel: Callable, length: int, *args, **kwargs) -
         groups = [keys[i : i + SPLIT_EVERY] for i in range(0, len(keys), SPLIT_EVERY)]
         keys = []
         for j, group in enumerate(groups):
-            layer[(name, "sum", level, j)] = (_sum_vectors, list(group))
+            layer[(name, "sum", level, j)] = Task((name, "sum", level, j), _sum_vectors, List(*map(TaskRef, group)))
             keys.append((name, "sum", level, j))
     out = _compute_layer(name, layer, deps, keys[0])
     if out.shape != (length,):
@@ -138,7 +149,7 @@ def per_block(X: da.Array, kernel: Callable, length: int, *args, **kwargs) -> np
     name, keys, deps, layer = _chunk_tasks(X, kernel, args, kwargs)
     if not keys:
         return np.zeros((0, length))
-    layer[(name, "stack")] = (_stack_vectors, list(keys))
+    layer[(name, "stack")] = Task((name, "stack"), _stack_vectors, List(*map(TaskRef, keys)))
     out = _compute_layer(name, layer, deps, (name, "stack"))
     if out.shape != (len(keys), length):
         raise ValueError(f"{funcname(kernel)} returned rows of shape {out.shape[1:]}, expected ({length},)")

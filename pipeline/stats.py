@@ -40,9 +40,10 @@ ROW_BLOCK = 2048
 FEATURES_BLOCK_BYTES = 4 * 2**20
 
 
-def features_block_rows(n_features_total: int, itemsize: int) -> int:
-    """Rows per block of the features kernel: a power of two in [1024, 8192]."""
-    rows = FEATURES_BLOCK_BYTES / (n_features_total * itemsize)
+def features_block_rows(n_features_total: int, itemsize: int, n_components: int = 0) -> int:
+    """Rows per block of the features kernel: a power of two in [1024, 8192], so that the
+    features and the (K, rows) log-densities take about FEATURES_BLOCK_BYTES."""
+    rows = FEATURES_BLOCK_BYTES / ((n_features_total + n_components) * itemsize)
     return int(2 ** min(13, max(10, round(np.log2(rows)))))
 #: added to every N_k, as scikit-learn does, so empty components never divide by zero.
 NK_FLOOR = 10 * np.finfo(np.float64).eps
@@ -50,6 +51,8 @@ _HEADER = 3
 
 
 _THREAD_BUFFERS = threading.local()
+#: buffers above this size are not kept per thread
+THREAD_BUFFER_MAX_BYTES = 16 * 2**20
 
 
 def thread_buffer(name: str, size: int, dtype) -> np.ndarray:
@@ -59,13 +62,18 @@ def thread_buffer(name: str, size: int, dtype) -> np.ndarray:
     mmap threshold at 128 KiB: buffers allocated per chunk or per block are then mmapped,
     page-faulted in and unmapped every time (measured: the full float32 kernel 15-35% slower per
     chunk, allocator churn per block 2-3x).  Each thread keeps the largest of each named buffer
-    it has needed (a few MB).  Contents are garbage; callers must not keep views across calls.
+    it has needed, up to THREAD_BUFFER_MAX_BYTES (larger ones are allocated per call and not
+    kept; blocks are sized to ~FEATURES_BLOCK_BYTES, so that is only reached with very many
+    components).  Contents are garbage; callers must not keep views across calls.
     """
+    dt = np.dtype(dtype)
+    if size * dt.itemsize > THREAD_BUFFER_MAX_BYTES:
+        return np.empty(size, dtype=dt)
     cache = _THREAD_BUFFERS.__dict__
-    key = (name, np.dtype(dtype).str)
+    key = (name, dt.str)
     buf = cache.get(key)
     if buf is None or buf.size < size:
-        buf = cache[key] = np.empty(size, dtype=dtype)
+        buf = cache[key] = np.empty(size, dtype=dt)
     return buf[:size]
 
 
@@ -180,7 +188,7 @@ class SuffStats:
         q = plan.n_quadratic
         p = q + d + 1
         dt = np.dtype(plan.dtype)
-        block = features_block_rows(p, dt.itemsize)
+        block = features_block_rows(p, dt.itemsize, k)
         bmax = max(1, min(block, n))
         wext = np.ascontiguousarray(np.concatenate([plan.wlin, plan.bias[:, None]], axis=1), dtype=dt)
         z_buf = thread_buffer("features", p * bmax, dt)
@@ -201,7 +209,8 @@ class SuffStats:
             features(x[start : start + m], plan.kind, out=z[:-1], shift=plan.shift)
             w = np.dot(wext, z, out=w_buf[: k * m].reshape(k, m))
             if clamp is None:
-                clamp = bool(np.any(w.max(axis=0) - w.min(axis=0) > -EXP_FLOOR[dt.name]))
+                with np.errstate(invalid="ignore"):  # inf - inf in rows no component explains
+                    clamp = bool(np.any(w.max(axis=0) - w.min(axis=0) > -EXP_FLOOR[dt.name]))
             lpx, resp = responsibilities(w, scratch, clamp)  # resp (K, m), in w
             if not np.all(np.isfinite(lpx)):
                 self.n_nonfinite += float(np.count_nonzero(~np.isfinite(lpx)))

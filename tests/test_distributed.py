@@ -58,3 +58,22 @@ def test_distributed_fit_of_numpy_input_keeps_it_on_the_workers(client):
     assert g.data_cached_  # persisted on the workers once, not shipped with every iteration's graph
     assert g.converged_
     np.testing.assert_allclose(g.score(X), GaussianMixture(**g.get_params()).fit(X).score(X), rtol=1e-12)
+
+
+def _rows_and_sum(block):
+    return np.concatenate([[block.shape[0]], np.asarray(block).sum(axis=0)])
+
+
+def test_reductions_over_chunks_held_by_the_workers(client):
+    """The hand-built per-chunk graph refers to chunks by explicit key references: persisted
+    chunks, slices of them and an optimised persisted array (whose graph no longer lists its
+    keys; a tuple-form task received the key itself as a tuple there) all give the same sums."""
+    from pipeline.em import per_block, reduce_blocks
+
+    X = np.arange(600, dtype=np.float64).reshape(200, 3)
+    Xp = da.from_array(X, chunks=(25, -1)).persist()
+    (Xo,) = dask.optimize(Xp)
+    for A, rows in ((Xp, X), (Xp[40:170], X[40:170]), (Xo, X)):
+        total = reduce_blocks(A, _rows_and_sum, 4)
+        np.testing.assert_allclose(total, np.concatenate([[rows.shape[0]], rows.sum(axis=0)]))
+    np.testing.assert_array_equal(per_block(Xo, _rows_and_sum, 4)[:, 0], [25] * 8)

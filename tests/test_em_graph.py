@@ -15,11 +15,12 @@ def _stats(block, scale, offset=0.0):
 
 @pytest.mark.parametrize("n_chunks", [1, 2, SPLIT_EVERY, SPLIT_EVERY + 1, 3 * SPLIT_EVERY * SPLIT_EVERY + 5])
 def test_tree_reduction_equals_direct_sum_for_any_number_of_chunks(n_chunks):
-    """One, two and three levels of the fan-in-16 tree all give the plain sum."""
+    """No sum level (one chunk), one, two and three levels of the fan-in-16 tree all give the
+    plain sum."""
     rng = np.random.default_rng(n_chunks)
-    X = rng.normal(size=(n_chunks * 3 + 1, 4))
+    X = rng.normal(size=(n_chunks * 3, 4))
     Xd = da.from_array(X, chunks=(3, -1))
-    assert Xd.numblocks[0] in (n_chunks + 1, n_chunks)
+    assert Xd.numblocks[0] == n_chunks
     scale = dask.delayed(np.float64(2.0), pure=True)
     with dask.config.set(scheduler="threads"):
         total = reduce_blocks(Xd, _stats, 5, scale, offset=1.0)
@@ -48,3 +49,13 @@ def test_kernel_returning_the_wrong_length_is_an_error_naming_it():
         reduce_blocks(Xd, too_short, 3)
     with pytest.raises(ValueError, match="too_short returned rows"):
         per_block(Xd, too_short, 3)
+
+
+def test_unsupported_arguments_are_refused_with_a_clear_error():
+    Xd = da.from_array(np.ones((10, 2)), chunks=(5, -1))
+    with pytest.raises(TypeError, match="only dask.delayed"):
+        reduce_blocks(Xd, _stats, 3, da.ones(3))
+    with pytest.raises(TypeError, match="positional"):
+        reduce_blocks(Xd, _stats, 3, 1.0, offset=dask.delayed(1.0))
+    with pytest.raises(ValueError, match="chunked along rows only"):
+        reduce_blocks(da.from_array(np.ones((10, 4)), chunks=(5, 2)), _stats, 5, 1.0)

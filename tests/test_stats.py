@@ -121,7 +121,7 @@ def test_fast_kernel_over_several_blocks_and_a_short_last_one(ct, dtype):
     k, d = 4, 5
     p = _params(rng, k, d, ct)
     plan = p.plan(dtype, kernel="features")
-    block = features_block_rows(n_quadratic(plan.kind, d) + d + 1, np.dtype(dtype).itemsize)
+    block = features_block_rows(n_quadratic(plan.kind, d) + d + 1, np.dtype(dtype).itemsize, k)
     X = (rng.normal(size=(2 * block + 37, d)) * 2).astype(dtype)
     fast = SuffStats.from_chunk(X, plan, p.means, ct)
     slow = SuffStats.from_chunk(X, p.plan(dtype, kernel="centred"), p.means, ct)
