@@ -2,8 +2,9 @@
 
 Per iteration the graph is one task per chunk (read the chunk if it is not cached, E step and
 partial statistics: :meth:`SuffStats.from_chunk`) plus a tree of sums (fan-in 16) over the
-flat statistics vectors, built by hand and run on whatever scheduler is active; the driver receives one float64 vector of O(K*D^2) numbers and runs the
-M step.  No N-sized array ever reaches the driver.
+flat statistics vectors, built by hand and run on whatever scheduler is active; the driver
+receives one float64 vector of O(K*D^2) numbers and runs the M step.  No N-sized array ever
+reaches the driver.
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ def _chunk_tasks(X: da.Array, kernel: Callable, args, kwargs) -> tuple[str, list
 
     Returns (name, task keys, dependencies, layer).  ``dask.delayed`` objects among ``args``
     (e.g. ``dask.delayed(plan, pure=True)``, sent once per computation) are passed by key; other
-    arguments are embedded in every task (other Dask collections are refused).  ``pass_block_id=True`` passes ``block_id=(i, 0)``
-    as ``map_blocks`` would.
+    arguments are embedded in every task (other Dask collections are refused).
+    ``pass_block_id=True`` passes ``block_id=(i, 0)`` as ``map_blocks`` would.
     """
     if X.ndim != 2 or X.numblocks[1] != 1:
         raise ValueError(f"expected a 2-D array chunked along rows only; got chunks {X.chunks}")
@@ -89,13 +90,16 @@ def _chunk_tasks(X: da.Array, kernel: Callable, args, kwargs) -> tuple[str, list
             deps.append(a)
             refs.append(TaskRef(a.key))
         elif is_dask_collection(a):
-            raise TypeError(f"{funcname(kernel)}: only dask.delayed objects can be passed by key, got {type(a).__name__}")
+            raise TypeError(
+                f"{funcname(kernel)}: only dask.delayed objects can be passed by key, got {type(a).__name__}"
+            )
         else:
             refs.append(a)
     layer, keys = {}, []
     for i, chunk_key in enumerate(flatten(X.__dask_keys__())):
         kw = {**kwargs, "block_id": (i, 0)} if pass_block_id else kwargs
-        layer[(name, i)] = Task((name, i), partial(_kernel_vector, kernel, **kw), TaskRef(chunk_key), *refs)
+        func = partial(_kernel_vector, kernel, **kw)
+        layer[(name, i)] = Task((name, i), func, TaskRef(chunk_key), *refs)
         keys.append((name, i))
     return name, keys, deps, layer
 
@@ -136,8 +140,9 @@ def reduce_blocks(X: da.Array, kernel: Callable, length: int, *args, **kwargs) -
         groups = [keys[i : i + SPLIT_EVERY] for i in range(0, len(keys), SPLIT_EVERY)]
         keys = []
         for j, group in enumerate(groups):
-            layer[(name, "sum", level, j)] = Task((name, "sum", level, j), _sum_vectors, List(*map(TaskRef, group)))
-            keys.append((name, "sum", level, j))
+            key = (name, "sum", level, j)
+            layer[key] = Task(key, _sum_vectors, List(*map(TaskRef, group)))
+            keys.append(key)
     out = _compute_layer(name, layer, deps, keys[0])
     if out.shape != (length,):
         raise ValueError(f"{funcname(kernel)} returned shape {out.shape}, expected ({length},)")

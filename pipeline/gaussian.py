@@ -155,7 +155,8 @@ class EStepPlan:
     - "outer" (full, tied), "diag" (diag) and "sphere" (spherical): the fast "features"
       kernels.  With ``xc = x - shift``, each row is mapped to features ``z``: for "outer" the
       upper triangle of ``xc xc^T`` (D(D+1)/2 values), for "diag" the squares ``xc**2`` (D
-      values), for "sphere" the squared norm ``|xc|^2`` (one value), followed by ``xc`` itself.  Every Mahalanobis distance is then linear in ``z``:
+      values), for "sphere" the squared norm ``|xc|^2`` (one value), followed by ``xc`` itself.
+      Every Mahalanobis distance is then linear in ``z``:
       ``maha_k = z . w_k + d_k^T P_k d_k``, with ``w_k`` holding ``P_k`` (off-diagonals
       doubled) and ``-2 P_k d_k`` (``d_k = mu_k - shift``), so the weighted log-densities are
       ``wlin @ z + bias`` with ``wlin`` (K, Q + D) = ``-w / 2`` and ``bias = const - d^T P d / 2``;
@@ -373,8 +374,9 @@ def responsibilities(wlp: np.ndarray, scratch=None, clamp: bool = True) -> tuple
     the GIL (the max by :func:`column_max`; the sum over components as a GEMV through
     ``np.dot``, where ``np.matmul`` and ``np.sum(axis=0)`` hold it).  ``scratch``: optional
     buffer of ``wlp``'s dtype, at least ``responsibilities_scratch_size(K, B)`` long, reused by
-    hot loops (the returned log p(x) is a view into it).  ``clamp``: floor the log-responsibilities at EXP_FLOOR before exp (see there);
-    a pass that only pays off where some of them are below it.
+    hot loops (the returned log p(x) is a view into it).  ``clamp``: floor the
+    log-responsibilities at EXP_FLOOR before exp (see there); a pass that only pays off where
+    some of them are below it.
     """
     k, b = wlp.shape
     h = max(k // 2, 1)
@@ -395,7 +397,8 @@ def responsibilities(wlp: np.ndarray, scratch=None, clamp: bool = True) -> tuple
     np.exp(r, out=r)
     ones[...] = 1.0
     np.dot(ones, r, out=s)
-    with np.errstate(divide="ignore", invalid="ignore"):  # rows with s = 0 are not finite: dropped by callers
+    # rows with s = 0 (none of the components) come out non-finite: callers drop them
+    with np.errstate(divide="ignore", invalid="ignore"):
         np.log(s, out=lpx)
         lpx += amax
         r *= np.reciprocal(s, out=s)  # one division per row, not per component

@@ -7,8 +7,9 @@ per-component centres ``c_k`` (the previous means in EM), accumulated in float64
 compute dtype, so a large common offset in the data does not cancel catastrophically.
 
 On the wire a statistic is one flat float64 vector (``to_vector``/``from_vector``):
-``[n_rows, sum log p(x), n_nonfinite, s0 (K), s1 (K*D), s2 (K*D*D, K*D or K)]``.  Adding vectors
-is merging statistics, so Dask's own tree-reducing ``sum`` does the reduction.
+``[n_rows, sum log p(x), n_nonfinite, s0 (K), s1 (K*D), s2 (K*D*D, K*D or K)]``.  Adding
+vectors is merging statistics, so a tree of sums (:func:`pipeline.em.reduce_blocks`) does the
+reduction.
 """
 
 from __future__ import annotations
@@ -180,8 +181,9 @@ class SuffStats:
         diagonals or squared norms), sum r (x - shift) and sum r.  Per-block partials are in the
         compute dtype, G in float64; G is re-centred at the per-component centres once per chunk.
         All per-block arrays are views of per-thread buffers reused across chunks (see
-        :func:`thread_buffer`), and every call is long enough to release the GIL, through ``np.dot`` rather than
-        ``np.matmul`` (which holds it for these shapes): Dask runs two such kernels in threads.
+        :func:`thread_buffer`), and every call is long enough to release the GIL, through
+        ``np.dot`` rather than ``np.matmul`` (which holds it for these shapes): Dask runs two
+        such kernels in threads.
         """
         k, d = self.s1.shape
         n = x.shape[0]
