@@ -287,33 +287,25 @@ def make_plan(weights, means, prec_chol, covariance_type, dtype="float64", shift
     return EStepPlan("centred", shift.astype(dt), const, dt.name, lcat=lcat.astype(dt), offset=offset.astype(dt))
 
 
-def weighted_log_prob(xc: np.ndarray, plan: EStepPlan, z: np.ndarray | None = None, out=None) -> np.ndarray:
+def weighted_log_prob(xc: np.ndarray, plan: EStepPlan) -> np.ndarray:
     """``log pi_k + log N(x | mu_k, Sigma_k)`` for a block of shifted rows ``xc = x - plan.shift``,
-    component-major: returns (K, B).
+    component-major: returns (K, B) float64.
 
     The (K, B) layout makes the per-row max/sum over components of the responsibilities
     elementwise operations between rows of length B (5x faster than reducing rows of length K).
-    xc : (B, D) in the plan's dtype; z : its :func:`features` if already computed (then
-    ``xc`` is not used by the features kernels and may be None);
-    out : optional (K, B) buffer, float64 or (hot float32 kernels) float32; default float64.
+    xc : (B, D) in the plan's dtype.  (The E step's hot loop, ``SuffStats._add_features_chunk``,
+    computes the features kernels' log-densities itself, in reused buffers.)
     """
     if plan.kind == "centred":
         y = xc @ plan.lcat  # (B, K*D): all K whitening transforms in one GEMM
         y -= plan.offset
         y *= y
         maha = np.ascontiguousarray(y.reshape(xc.shape[0], plan.n_components, -1).sum(axis=2, dtype=np.float64).T)
-        if out is not None:
-            out[...] = maha
-            maha = out
     else:
-        if z is None:
-            z = features(xc, plan.kind)
-        if out is None:
-            out = np.empty((plan.n_components, z.shape[1]), dtype=np.float64)
+        z = features(xc, plan.kind)
         # log pi_k + log det L_k - D/2 log 2pi - maha_k / 2, as one GEMM and one add
-        wlp = np.matmul(plan.wlin, z, out=out)
-        # in the buffer's dtype: a float64 operand would make a float32 add a converting loop
-        wlp += plan.bias.astype(wlp.dtype, copy=False)[:, None]
+        wlp = np.matmul(plan.wlin, z, out=np.empty((plan.n_components, xc.shape[0])))
+        wlp += plan.bias[:, None]
         return wlp
     maha *= -0.5
     maha += plan.const[:, None]
