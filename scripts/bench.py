@@ -775,6 +775,7 @@ def diag_spherical(args, X64, k, iters, gemm) -> list:
     Also the GEMM floor: the kernel's two GEMMs per block do ``4 N K (Q + D)`` FLOPs (Q = D
     squares for diag, one squared norm for spherical), which take at least that many FLOPs at
     the measured tall-GEMM peak of the dtype (``gemm``), whatever the data source."""
+    from pipeline.gaussian import n_quadratic
     from pipeline.io import write_array_zarr
 
     n, d = X64.shape
@@ -795,7 +796,7 @@ def diag_spherical(args, X64, k, iters, gemm) -> list:
                         r = fit_ours(Xd, k, cov, init, dtype, iters, blas_threads=1, cache=cache)
                     em_rate = n / r["s_iter"]
                     read_rate = n / reads[source]
-                    q = d if cov == "diag" else 1
+                    q = n_quadratic("diag" if cov == "diag" else "sphere", d)
                     floor = 4.0 * n * k * (q + d) / (gemm[dtype] * 1e9)
                     row = {"covariance_type": cov, "dtype": dtype, "source": source, "s_iter": r["s_iter"],
                            "em_rows_per_s": em_rate, "read_sum_seconds": reads[source],
