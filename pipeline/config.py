@@ -5,7 +5,8 @@ A run is described by a YAML file with six sections (every key is optional and h
     data:
       path: data/demo.zarr        # Zarr v2/v3 array, or a group (+ `array: name`)
       array: null
-      chunk_rows: 65536           # rows per Dask chunk when reading; null = the store's chunks
+      chunk_rows: auto            # rows per Dask chunk when reading: auto = whole stored chunks
+                                  # adding up to ~64 MiB (at least 16 chunks); null = the store's
       cache: auto                 # auto | memory | none
       generate: null              # or a mapping: make synthetic data at `path` if it is missing
     model: {n_components: 5, covariance_type: full, init_params: kmeans, n_init: 1,
@@ -103,7 +104,7 @@ class DataConfig:
 
     path: str = "data/demo.zarr"
     array: str | None = None
-    chunk_rows: int | None = 65536
+    chunk_rows: int | str | None = "auto"
     cache: str = "auto"
     generate: GenerateConfig | None = None
 
@@ -379,6 +380,22 @@ def _int(minimum: int, nullable: bool = False):
     return check
 
 
+def _int_or_auto(minimum: int):
+    """An integer >= minimum, "auto" or null (kept as None)."""
+
+    def check(v, key, ctx):
+        if v is None or v == "auto":
+            return v
+        accepted = f"an integer >= {minimum}, 'auto' or null"
+        if not _is_int(v):
+            ctx.fail(key, v, accepted, f"must be an integer or 'auto', not {type(v).__name__}")
+        if v < minimum:
+            ctx.fail(key, v, accepted, "is too small")
+        return v
+
+    return check
+
+
 def _float(minimum: float, strict: bool):
     """A finite number > minimum (strict) or >= minimum."""
     rel = ">" if strict else ">="
@@ -513,7 +530,7 @@ _SCHEMAS: dict[str, tuple[type, dict]] = {
         {
             "path": _path,
             "array": _string(nullable=True),
-            "chunk_rows": _int(1, nullable=True),
+            "chunk_rows": _int_or_auto(1),
             "cache": _choice(CACHE_MODES, nullable_as="none"),
             "generate": _generate,
         },

@@ -9,6 +9,8 @@ distributed worker process re-opens the store and reads only its own chunks.  Wo
 therefore see the same path (shared filesystem, or a URL such as ``s3://...``).  Nothing is read
 on the driver but the metadata.  Rows are re-chunked at read time to ``chunk_rows`` (features are
 never split); integer data is returned as stored (cast it where the numerics need floats).
+``chunk_rows="auto"`` (the run configuration's default) picks whole stored chunks adding up to
+about 64 MiB, but at least 16 Dask chunks of 1 MiB or more (:func:`auto_chunk_rows`).
 
 Writing
 -------
@@ -50,6 +52,7 @@ from pipeline.exceptions import DataError, OutputExistsError
 __all__ = [
     "array_checksum",
     "atomic_write_bytes",
+    "auto_chunk_rows",
     "atomic_write_text",
     "convert",
     "dataset_from_config",
@@ -66,6 +69,43 @@ __all__ = [
 _NUMERIC_KINDS = "iuf"
 #: parameters of :func:`generate_mixture` come from this stream, independent of every chunk's
 _PARAMS_SPAWN_KEY = (1,)
+#: automatic chunking: about this many bytes per Dask chunk ...
+CHUNK_TARGET_BYTES = 64 * 2**20
+#: ... but at least this many chunks, so that small data still keeps a few threads busy, ...
+MIN_AUTO_CHUNKS = 16
+#: ... unless that makes chunks smaller than this (tiny data stays in one chunk)
+MIN_CHUNK_BYTES = 2**20
+
+
+def auto_chunk_rows(
+    n_samples: int,
+    n_features: int,
+    itemsize: int,
+    multiple: int = 1,
+    target_bytes: int = CHUNK_TARGET_BYTES,
+    min_chunks: int = MIN_AUTO_CHUNKS,
+) -> int:
+    """Rows per Dask chunk chosen from the data alone (never from the cluster).
+
+    ``ceil(nbytes / target_bytes)`` chunks, or ``min_chunks`` if that is more (but none under
+    1 MiB), of equal rows, each rounded up to a whole ``multiple`` (the store's chunk rows, so no stored chunk is read by two tasks) and to
+    at most ``n_samples``.  Every chunk is one task per EM pass: on a distributed cluster each
+    costs a few ms of scheduling and communication on top of the kernel (measured on a 2-core
+    machine: N = 1e7, D = 16, the LocalCluster took 1.0-1.3x the threaded time with 153 chunks
+    of 8 MB, about 1.0-1.15x with 20 chunks of 64 MB), so chunks are sized in tens of MB, like
+    Dask's own ``"auto"`` chunks.  The result depends only on the arguments, so a re-opened data
+    set (``run --resume``) gets the same chunks.
+    """
+    if n_samples < 1 or n_features < 1 or itemsize < 1 or multiple < 1:
+        raise ValueError(
+            f"auto_chunk_rows needs positive sizes, got n_samples={n_samples}, "
+            f"n_features={n_features}, itemsize={itemsize}, multiple={multiple}"
+        )
+    nbytes = n_samples * n_features * itemsize
+    n_chunks = max(-(-nbytes // target_bytes), min(min_chunks, -(-nbytes // MIN_CHUNK_BYTES)))
+    rows = -(-n_samples // n_chunks)
+    rows = -(-rows // multiple) * multiple
+    return int(min(rows, n_samples))
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,7 +114,7 @@ _PARAMS_SPAWN_KEY = (1,)
 
 
 def open_dataset(
-    path: str | os.PathLike, array: str | None = None, chunk_rows: int | None = None
+    path: str | os.PathLike, array: str | None = None, chunk_rows: int | str | None = None
 ) -> da.Array:
     """Lazily open a 2-D numeric Zarr (v2 or v3) array as a Dask array.
 
@@ -83,7 +123,9 @@ def open_dataset(
     path : a Zarr array, or a Zarr group holding the array.
     array : name of the array inside a group.  If None and ``path`` is a group, the array named
         ``"X"`` is used, else the group's only 2-D array.
-    chunk_rows : rows per Dask chunk; None keeps the store's row chunks (its shards if sharded).
+    chunk_rows : rows per Dask chunk; None keeps the store's row chunks (its shards if sharded);
+        "auto" takes whole stored chunks (inner chunks if sharded) adding up to about 64 MiB, at
+        least 16 Dask chunks (:func:`auto_chunk_rows`).
 
     Returns
     -------
@@ -124,6 +166,10 @@ def open_dataset(
     if chunk_rows is None:
         store_chunks = getattr(z, "shards", None) or z.chunks
         chunk_rows = store_chunks[0]
+    elif isinstance(chunk_rows, str):
+        if chunk_rows != "auto":
+            raise DataError(f"{label}: chunk_rows must be an integer, null or 'auto', got {chunk_rows!r}")
+        chunk_rows = auto_chunk_rows(z.shape[0], n_features, z.dtype.itemsize, multiple=z.chunks[0])
     if chunk_rows < 1:
         raise DataError(f"{label}: chunk_rows must be >= 1, got {chunk_rows}")
     return da.from_zarr(where, component=name, chunks=(int(chunk_rows), n_features))

@@ -41,10 +41,9 @@ from pipeline.gaussian import (
     precisions_from_cholesky,
 )
 from pipeline.init import INIT_PARAMS, initialize
+from pipeline.io import auto_chunk_rows
 from pipeline.stats import shifted_blocks
 
-#: default rows per chunk when a NumPy array is given
-DEFAULT_CHUNK_ROWS = 65536
 MODEL_FORMAT = "gmm-pipeline-model"
 MODEL_FORMAT_VERSION = 1
 
@@ -83,7 +82,7 @@ def check_array(X, name="X", n_features=None, chunk_rows=None) -> tuple[da.Array
             f"{name} has {X.shape[1]} features, but the GaussianMixture was fitted with {n_features} features"
         )
     if not was_dask:
-        rows = chunk_rows or DEFAULT_CHUNK_ROWS
+        rows = chunk_rows or auto_chunk_rows(X.shape[0], X.shape[1], X.dtype.itemsize)
         X = da.from_array(X, chunks=(min(rows, X.shape[0]), -1))
     elif X.numblocks[1] != 1:
         X = X.rechunk({1: -1})
@@ -136,7 +135,8 @@ class GaussianMixture:
         available worker memory), and streams it from its source (e.g. Zarr) every iteration
         otherwise.
     chunk_rows : int or None
-        Rows per chunk when a NumPy array is given (Dask arrays keep their chunks).
+        Rows per chunk when a NumPy array is given (Dask arrays keep their chunks); None: about
+        64 MiB per chunk, at least 16 chunks (:func:`pipeline.io.auto_chunk_rows`).
     """
 
     def __init__(

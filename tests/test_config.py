@@ -39,7 +39,7 @@ def test_minimal_file_gets_documented_defaults(tmp_path, monkeypatch):
     assert isinstance(cfg, RunConfig)
     assert cfg.source == str(tmp_path / "run.yaml")
     assert cfg.data.path == str(tmp_path / "data" / "demo.zarr")
-    assert cfg.data.array is None and cfg.data.chunk_rows == 65536 and cfg.data.cache == "auto"
+    assert cfg.data.array is None and cfg.data.chunk_rows == "auto" and cfg.data.cache == "auto"
     assert cfg.data.generate is None
     assert cfg.model == ModelConfig()
     assert (cfg.model.n_components, cfg.model.covariance_type) == (5, "full")
@@ -141,6 +141,7 @@ def test_overrides_parse_yaml_values_including_lists_null_and_bools(tmp_path):
             "model.tol=0.01",
             "cluster.jobqueue.cores=4",
             "data.generate.n_samples=500",
+            "data.chunk_rows=null",
         ],
     )
     assert cfg.model.n_components == (2, 4, 8)
@@ -149,6 +150,9 @@ def test_overrides_parse_yaml_values_including_lists_null_and_bools(tmp_path):
     assert cfg.model.tol == 0.01
     assert cfg.cluster.jobqueue == {"cores": 4}
     assert cfg.data.generate.n_samples == 500
+    assert cfg.data.chunk_rows is None  # the store's chunks
+    assert load_config(path, ["data.chunk_rows=auto"]).data.chunk_rows == "auto"
+    assert load_config(path, ["data.chunk_rows=4096"]).data.chunk_rows == 4096
 
 
 def test_override_with_unknown_key_is_an_error_with_suggestion(tmp_path):
@@ -225,6 +229,8 @@ def test_bad_choice_names_key_line_value_and_accepted_values(tmp_path):
         ("model:\n  random_state: false\n", "model.random_state", "not bool"),
         ("model:\n  init_params: kmean\n", "model.init_params", "did you mean 'kmeans'"),
         ("data:\n  chunk_rows: 0\n", "data.chunk_rows", "too small"),
+        ("data:\n  chunk_rows: big\n", "data.chunk_rows", "'auto' or null"),
+        ("data:\n  chunk_rows: true\n", "data.chunk_rows", "not bool"),
         ("data:\n  cache: disk\n", "data.cache", "'auto', 'memory', 'none'"),
         ("data:\n  path: ''\n", "data.path", "non-empty string"),
         ("data:\n  generate: 5\n", "data.generate", "must be a mapping"),

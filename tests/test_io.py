@@ -13,6 +13,7 @@ from pipeline.exceptions import DataError, OutputExistsError
 from pipeline.io import (
     atomic_write_bytes,
     atomic_write_text,
+    auto_chunk_rows,
     convert,
     dataset_from_config,
     generate_mixture,
@@ -58,6 +59,43 @@ def test_open_dataset_keeps_store_row_chunks_by_default(tmp_path, data):
     make_array(tmp_path / "a.zarr", data, chunks=(16, 3))
     X = open_dataset(tmp_path / "a.zarr")
     assert X.chunks == ((16, 16, 16, 2), (3,))
+
+
+@pytest.mark.parametrize(
+    "n, d, itemsize, multiple, rows",
+    [
+        (10_000_000, 16, 8, 1, 500_000),  # 1.28 GB -> 20 chunks of 64 MB
+        (10_000_000, 16, 4, 1, 625_000),  # 640 MB -> 10 chunks of 64 MB would be < 16 chunks
+        (1_000_000, 8, 4, 65_536, 65_536),  # 32 MB: 16 chunks, rounded up to whole stored chunks
+        (100_000, 16, 8, 1, 7_693),  # 12.8 MB: 13 chunks of at least 1 MiB
+        (1_000, 2, 8, 1, 1_000),  # 16 kB: one chunk
+        (200_000_000, 16, 4, 262_144, 1_048_576),  # 12.8 GB: 4 stored chunks = 64 MiB
+        (12, 3, 8, 5, 12),  # rounding up never passes n_samples
+    ],
+)
+def test_auto_chunk_rows_sizes_chunks_in_tens_of_mb(n, d, itemsize, multiple, rows):
+    got = auto_chunk_rows(n, d, itemsize, multiple=multiple)
+    assert got == rows
+    assert got % multiple == 0 or got == n
+    n_chunks = -(-n // got)
+    nbytes = n * d * itemsize
+    assert got * d * itemsize <= 64 * 2**20 or got == multiple  # about 64 MiB at most ...
+    assert n_chunks >= min(16, nbytes // 2**20) or got == multiple  # ... and enough of them
+
+
+def test_auto_chunk_rows_refuses_empty_sizes():
+    with pytest.raises(ValueError, match="positive sizes"):
+        auto_chunk_rows(0, 3, 8)
+
+
+def test_open_dataset_auto_chunks_are_whole_stored_chunks(tmp_path):
+    data = np.random.default_rng(0).normal(size=(300_000, 4))  # 9.6 MB: 10 chunks of >= 1 MiB
+    make_array(tmp_path / "a.zarr", data, chunks=(10_000, 4))
+    X = open_dataset(tmp_path / "a.zarr", chunk_rows="auto")
+    assert X.chunks == ((30_000,) * 10, (4,))
+    np.testing.assert_array_equal(X[-5:].compute(), data[-5:])
+    with pytest.raises(DataError, match="'auto'"):
+        open_dataset(tmp_path / "a.zarr", chunk_rows="big")
 
 
 def test_open_dataset_is_lazy_and_reads_at_compute_time(tmp_path, data):

@@ -341,3 +341,16 @@ def test_bic_accepts_lists_and_counts_samples_in_the_same_pass():
     ic = g.information_criteria(X.tolist())
     assert ic["n_samples"] == 300
     assert g.bic(X.tolist()) == pytest.approx(ic["bic"]) == pytest.approx(-2 * g.score(X) * 300 + ic["n_parameters"] * np.log(300))
+
+
+def test_numpy_input_is_chunked_by_size_unless_chunk_rows_is_given():
+    from pipeline.model import check_array
+
+    small, _ = check_array(np.zeros((1000, 3)))
+    assert small.numblocks == (1, 1)  # 24 kB: one chunk
+    big, was_dask = check_array(np.zeros((200_000, 8)))  # 12.8 MB: 13 chunks of >= 1 MiB
+    assert not was_dask and big.chunks[0] == (15_385,) * 12 + (200_000 - 12 * 15_385,)
+    given, _ = check_array(np.zeros((200_000, 8)), chunk_rows=50_000)
+    assert given.chunks[0] == (50_000,) * 4
+    dask_in, was_dask = check_array(da.zeros((200_000, 8), chunks=(30_000, 4)), chunk_rows=50_000)
+    assert was_dask and dask_in.chunks == ((30_000,) * 6 + (20_000,), (8,))  # Dask keeps its rows
