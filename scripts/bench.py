@@ -68,6 +68,7 @@ import dask.array as da  # noqa: E402
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
 from pipeline import GaussianMixture  # noqa: E402
+from pipeline.io import auto_chunk_rows  # noqa: E402
 
 SEED = 12345
 GEMM_ROWS = 65536
@@ -265,12 +266,19 @@ def fit_ours(X, k, covariance_type, init, dtype, iters, blas_threads=1, cache="a
     }
 
 
-def dask_persisted(X: np.ndarray, chunk_rows: int) -> da.Array:
-    return da.from_array(X, chunks=(min(chunk_rows, X.shape[0]), -1)).persist(scheduler="threads")
+def chunk_rows_for(X: np.ndarray, chunk_rows: int | None) -> int:
+    """``chunk_rows``, or the pipeline's automatic size for X (what an estimator given X uses)."""
+    return chunk_rows or auto_chunk_rows(X.shape[0], X.shape[1], X.dtype.itemsize)
 
 
-def scatter_to_cluster(client, X: np.ndarray, chunk_rows: int) -> tuple[da.Array, list]:
+def dask_persisted(X: np.ndarray, chunk_rows: int | None) -> da.Array:
+    rows = chunk_rows_for(X, chunk_rows)
+    return da.from_array(X, chunks=(min(rows, X.shape[0]), -1)).persist(scheduler="threads")
+
+
+def scatter_to_cluster(client, X: np.ndarray, chunk_rows: int | None) -> tuple[da.Array, list]:
     """A Dask array whose chunks live on the workers (scattered round-robin), and the futures."""
+    chunk_rows = chunk_rows_for(X, chunk_rows)
     starts = list(range(0, X.shape[0], chunk_rows))
     parts = [np.ascontiguousarray(X[s : s + chunk_rows]) for s in starts]
     futures = client.scatter(parts, broadcast=False, hash=False)
@@ -510,7 +518,13 @@ def parse_args(argv=None):
     p.add_argument("--d", type=int, default=16, help="features (default 16)")
     p.add_argument("--k", type=int, default=16, help="components (default 16)")
     p.add_argument("--iters", type=int, default=5, help="EM iterations timed (default 5)")
-    p.add_argument("--chunk-rows", type=int, default=65536, help="rows per Dask chunk (default 65536)")
+    p.add_argument("--chunk-rows", type=int, default=None,
+                   help="rows per Dask chunk (default: the pipeline's automatic size for each N and dtype, "
+                        "pipeline.io.auto_chunk_rows: ~64 MiB but at least 16 chunks; 62,500 rows at N=1e6, D=16)")
+    p.add_argument("--dist-n", type=int, default=None,
+                   help="rows of the distributed-against-threaded comparison (default 10_000_000; 200_000 with --quick)")
+    p.add_argument("--dist-rounds", type=int, default=3,
+                   help="alternating threaded / LocalCluster fits per dtype in that comparison (default 3)")
     p.add_argument("--skip-spark", action="store_true")
     p.add_argument("--skip-sklearn", action="store_true")
     p.add_argument("--skip-distributed", action="store_true")
@@ -529,6 +543,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.n is None:
         args.n = 100_000 if args.quick else 1_000_000
+    if args.dist_n is None:
+        args.dist_n = 200_000 if args.quick else 10_000_000
+    if args.dist_rounds < 1:
+        p.error("--dist-rounds must be at least 1")
     if args.scaling_n is None:
         args.scaling_n = [25_000, 50_000, 100_000] if args.quick else [100_000, 1_000_000, 10_000_000]
     if args.scaling_k is None:
@@ -557,7 +575,9 @@ def main(argv=None) -> int:
         print(f"BLAS: {b['internal_api']} {b['version']} ({b['threading_layer'] or '-'}), {b['num_threads']} threads, {b['architecture']}")
     print(f"versions: python {mi['python']}, numpy {mi['numpy']}, dask {mi['dask']}, distributed {mi['distributed']}, "
           f"scikit-learn {mi['sklearn']}, pyspark {mi['pyspark']}")
-    print(f"problem: N={n:,} D={d} K={k}, {iters} EM iterations timed, chunk_rows={args.chunk_rows}, tol=0")
+    print(f"problem: N={n:,} D={d} K={k}, {iters} EM iterations timed, "
+          f"chunk_rows={args.chunk_rows or 'auto'} ({args.chunk_rows or auto_chunk_rows(n, d, 8):,} rows "
+          f"at N={n:,} float64), tol=0")
     print(f"FLOP model per EM iteration (full covariance): 4*N*K*D^2 = {flops(n, k) / 1e9:.2f} GFLOP")
 
     # ---- GEMM peak
@@ -570,7 +590,7 @@ def main(argv=None) -> int:
           "Measured again after the main runs; the better of the two is the peak.")
 
     # ---- data
-    n_data = max([n] + (args.scaling_n if args.scaling else []))
+    n_data = max([n] + (args.scaling_n if args.scaling else []) + ([] if args.skip_distributed else [args.dist_n]))
     log(f"generating {n_data:,} x {d} rows")
     X_all = make_data(n_data, d, k)
     X64 = X_all[:n]
@@ -625,7 +645,7 @@ def main(argv=None) -> int:
             spark_note = "Spark MLlib skipped (--skip-spark)"
         else:
             log("Spark MLlib float64 (starting a local[2] JVM)")
-            partitions = max(2, -(-n // args.chunk_rows))
+            partitions = max(2, -(-n // chunk_rows_for(X64, args.chunk_rows)))
             r = fit_spark(X64, k, init, args.spark_iters, partitions, args.spark_driver_memory)
             if "skipped" in r:
                 spark_note = f"Spark MLlib skipped: {r['skipped']}"
@@ -709,6 +729,10 @@ def main(argv=None) -> int:
             out["scaling_n"] = scaling_n(args, X_all, init, k, d, iters, cluster, flops)
             out["scaling_k"] = scaling_k(args, X64, k, iters, flops)
 
+        # ---- distributed against threaded, alternating
+        if not args.skip_distributed:
+            out["distributed_vs_threaded"] = distributed_vs_threaded(args, X_all, init, k, d, iters, cluster)
+
         # ---- diag / spherical (threaded only: no idle worker processes beside the runs)
         cluster.close()
         out["diag_spherical"] = diag_spherical(args, X64, k, iters, gemm)
@@ -748,6 +772,47 @@ def scaling_n(args, X_all, init, k, d, iters, cluster, flops) -> list:
     print_table(f"Scaling in N (full, D={d}, K={k}, float64; threaded = 2 Dask threads x BLAS 1 thread)",
                 ["N", "s/iter", "s/iter per 1e6 rows", "GFLOP/s", "LocalCluster s/iter", "LocalCluster / threaded"],
                 table, ["linear in N <=> constant 's/iter per 1e6 rows'"])
+    return res
+
+
+def distributed_vs_threaded(args, X_all, init, k, d, iters, cluster) -> list:
+    """s/iteration on the LocalCluster against the threaded scheduler at N = ``--dist-n``.
+
+    The two are alternated ``--dist-rounds`` times per dtype (which one goes first alternates
+    too), so that the slow drifts of a shared VM (10-30% over minutes, seen here) fall on both;
+    the figure is the median of the per-round ratios."""
+    nn = args.dist_n
+    res, table = [], []
+    for dtype in ("float64", "float32"):
+        X = X_all[:nn] if dtype == "float64" else X_all[:nn].astype(np.float32)
+        rows = chunk_rows_for(X, args.chunk_rows)
+        threaded, dist = [], []
+        for rnd in range(args.dist_rounds):
+            for which in ("threaded", "dist") if rnd % 2 == 0 else ("dist", "threaded"):
+                log(f"distributed vs threaded N={nn:,} {dtype} round {rnd + 1}: {which}")
+                if which == "threaded":
+                    Xd = dask_persisted(X, rows)
+                    with dask.config.set(scheduler="threads"):
+                        threaded.append(fit_ours(Xd, k, "full", init, dtype, iters, blas_threads=1)["s_iter"])
+                    del Xd
+                else:
+                    dist.append(fit_ours_distributed(cluster, X, k, "full", init, dtype, iters, rows)["s_iter"])
+        ratios = [b / a for a, b in zip(threaded, dist)]
+        row = {"n": nn, "dtype": dtype, "chunk_rows": rows, "n_chunks": -(-nn // rows),
+               "chunk_mib": rows * d * X.dtype.itemsize / 2**20, "threaded_s_iter": threaded,
+               "distributed_s_iter": dist, "ratios": ratios, "median_ratio": statistics.median(ratios)}
+        res.append(row)
+        table.append([dtype, f"{rows:,} x {row['n_chunks']} ({row['chunk_mib']:.0f} MiB)",
+                      ", ".join(f"{v:.3f}" for v in threaded), ", ".join(f"{v:.3f}" for v in dist),
+                      ", ".join(f"{v:.2f}" for v in ratios), fmt(row["median_ratio"], ".3f")])
+        del X
+    print_table(f"LocalCluster (2 worker processes x 1 thread) against threaded (2 threads), full, N={nn:,} D={d} K={k}",
+                ["dtype", "chunk rows x chunks", "threaded s/iter", "LocalCluster s/iter", "ratio per round",
+                 "median ratio"], table,
+                [f"{args.dist_rounds} rounds per dtype, threaded and LocalCluster fits alternating (each s/iter: median "
+                 f"of {iters} iterations); target: median ratio <= 1.15",
+                 "the LocalCluster's scheduler, client and worker event loops share the same 2 cores as its two "
+                 "compute threads; each chunk is one task per iteration (a few ms of scheduling each)"])
     return res
 
 
