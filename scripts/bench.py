@@ -12,15 +12,18 @@ runs exactly ``--iters`` EM iterations.  The script prints (and with ``--json`` 
    same dtype, and the speed-up against scikit-learn (same dtype) and Spark MLlib (float64);
    plus the largest relative difference of the log-likelihood trajectories;
 3. with ``--scaling``: s/iteration against N (also on the LocalCluster) and against K;
-4. diag and spherical covariance: rows/s of an EM iteration against a pass that only reads
+4. LocalCluster against threaded at N = ``--dist-n`` (1e7): ``--dist-rounds`` alternating pairs
+   of fits per dtype and the median of their ratios;
+5. diag and spherical covariance: rows/s of an EM iteration against a pass that only reads
    and sums the same array (in memory and from a Zarr copy).
 
 How each figure is timed:
 
 - gmm-pipeline: median of ``info.seconds`` over the fit's per-iteration callbacks (E step over
   all chunks, reduction, M step on the driver; the data summary and the initialisation are
-  outside).  Threaded scheduler: X is ``da.from_array(X, chunks=(chunk_rows, -1))``
-  persisted, and BLAS is limited to 1 thread (threadpoolctl) inside Dask's threads unless the
+  outside).  Chunks: ``--chunk-rows`` or, by default, what the estimator would choose for X
+  (``pipeline.io.auto_chunk_rows``).  Threaded scheduler: X is
+  ``da.from_array(X, chunks=(chunk_rows, -1))`` persisted, and BLAS is limited to 1 thread (threadpoolctl) inside Dask's threads unless the
   row says otherwise.  LocalCluster: 2 worker processes x 1 thread on 127.0.0.1, the chunks
   scattered to the workers before the fit (as persisted data would be).
 - scikit-learn: a subclass records the clock at the end of ``_initialize`` and at the end of
