@@ -45,6 +45,18 @@ KMEANS_PP_SAMPLE = 100_000
 # ------------------------------------------------------------------------------------------
 
 
+#: rows per block in the initialisation kernels: their (rows x centres) float64 temporaries stay
+#: about this size whatever the chunk size (k-means|| has ~10K candidate centres)
+INIT_BLOCK_BYTES = 8 * 2**20
+
+
+def _row_blocks(n, width):
+    """(start, stop) of row blocks whose (rows x width) float64 arrays are ~INIT_BLOCK_BYTES."""
+    step = max(256, INIT_BLOCK_BYTES // (8 * max(width, 1)))
+    for start in range(0, n, step):
+        yield start, min(n, start + step)
+
+
 def _shifted_sq_dist(x, centres, shift):
     """(x - shift, centres - shift, squared distances (n, K) >= 0), all float64."""
     xs = np.asarray(x, dtype=np.float64) - shift
@@ -53,21 +65,27 @@ def _shifted_sq_dist(x, centres, shift):
     return xs, cs, np.maximum(d2, 0.0)
 
 
-def _sq_dist(x, centres, shift):
-    """Squared distances (n, K) from rows to centres, computed on shifted values, float64."""
-    return _shifted_sq_dist(x, centres, shift)[2]
+def _nearest(x, centres, shift):
+    """(squared distance to the nearest centre (n,), its index (n,)), block by block."""
+    n = x.shape[0]
+    d2min, lab = np.empty(n), np.empty(n, dtype=np.intp)
+    for a, b in _row_blocks(n, max(centres.shape[0], x.shape[1])):
+        d2 = _shifted_sq_dist(x[a:b], centres, shift)[2]
+        lab[a:b] = d2.argmin(axis=1)
+        d2min[a:b] = d2[np.arange(b - a), lab[a:b]]
+    return d2min, lab
 
 
 def _cost_kernel(block, centres, shift):
-    return np.array([_sq_dist(block, centres, shift).min(axis=1).sum()])
+    return np.array([_nearest(block, centres, shift)[0].sum()])
 
 
 def _sample_kernel(block, centres, shift, factor, seed, index):
     """Rows kept with probability min(1, factor * d^2) (k-means|| oversampling)."""
-    d2 = _sq_dist(block, centres, shift).min(axis=1)
+    d2 = _nearest(block, centres, shift)[0]
     rng = np.random.default_rng([seed, index])
     keep = rng.random(d2.shape[0]) < factor * d2
-    return np.asarray(block, dtype=np.float64)[keep]
+    return np.asarray(block[keep], dtype=np.float64)
 
 
 def _uniform_sample_kernel(block, fraction, seed, index):
@@ -76,36 +94,46 @@ def _uniform_sample_kernel(block, fraction, seed, index):
 
 
 def _count_kernel(block, centres, shift):
-    lab = _sq_dist(block, centres, shift).argmin(axis=1)
+    lab = _nearest(block, centres, shift)[1]
     return np.bincount(lab, minlength=centres.shape[0]).astype(np.float64)
 
 
 def _lloyd_kernel(block, centres, shift):
     """[inertia, counts (K), sums of x - c_k (K*D)] of the nearest-centre assignment.
 
-    The per-centre sums are one GEMM of the one-hot assignment with the shifted rows.
+    The per-centre sums are one GEMM (per block of rows) of the one-hot assignment with the
+    shifted rows.
     """
-    xs, cs, d2 = _shifted_sq_dist(block, centres, shift)
-    lab = d2.argmin(axis=1)
-    k = centres.shape[0]
-    onehot = np.zeros((xs.shape[0], k))
-    onehot[np.arange(xs.shape[0]), lab] = 1.0
-    counts = onehot.sum(axis=0)
-    sums = onehot.T @ xs - counts[:, None] * cs
-    inertia = d2[np.arange(xs.shape[0]), lab].sum()
-    return np.concatenate([[inertia], counts, sums.ravel()])
+    k, d = centres.shape
+    inertia, counts, sums = 0.0, np.zeros(k), np.zeros((k, d))
+    cs = centres - shift
+    for a, b in _row_blocks(block.shape[0], max(k, d)):
+        xs, _, d2 = _shifted_sq_dist(block[a:b], centres, shift)
+        lab = d2.argmin(axis=1)
+        onehot = np.zeros((b - a, k))
+        onehot[np.arange(b - a), lab] = 1.0
+        inertia += d2[np.arange(b - a), lab].sum()
+        counts += onehot.sum(axis=0)
+        sums += onehot.T @ xs
+    return np.concatenate([[inertia], counts, (sums - counts[:, None] * cs).ravel()])
 
 
 def _labels_stats_kernel(block, centres, shift, covariance_type, dtype):
-    lab = _sq_dist(block, centres, shift).argmin(axis=1)
+    lab = _nearest(block, centres, shift)[1]
     return SuffStats.from_labels(block, lab, centres, covariance_type, shift, dtype).to_vector()
 
 
 def _random_resp_stats_kernel(block, centres, shift, covariance_type, dtype, seed, block_id=None):
+    """Statistics of random responsibilities, drawn block by block from one generator (the same
+    numbers as one (n, K) draw)."""
     rng = np.random.default_rng([seed, block_id[0]])
-    resp = rng.uniform(size=(block.shape[0], centres.shape[0]))
-    resp /= resp.sum(axis=1, keepdims=True)
-    return SuffStats.from_resp(block, resp, centres, covariance_type, shift, dtype).to_vector()
+    k = centres.shape[0]
+    st = SuffStats.zeros(centres, covariance_type)
+    for a, b in _row_blocks(block.shape[0], k):
+        resp = rng.uniform(size=(b - a, k))
+        resp /= resp.sum(axis=1, keepdims=True)
+        st = st.merge(SuffStats.from_resp(block[a:b], resp, centres, covariance_type, shift, dtype))
+    return st.to_vector()
 
 
 def _per_chunk(X, fn, *args):
