@@ -5,8 +5,8 @@ A run is described by a YAML file with six sections (every key is optional and h
     data:
       path: data/demo.zarr        # Zarr v2/v3 array, or a group (+ `array: name`)
       array: null
-      chunk_rows: auto            # rows per Dask chunk when reading: auto = whole stored chunks
-                                  # adding up to ~64 MiB (at least 16 chunks); null = the store's
+      chunk_rows: auto            # rows per Dask chunk when reading: auto = whole stored chunks,
+                                  # ~64 MiB / <= 262,144 rows, >= 16 chunks; null = store chunks
       cache: auto                 # auto | memory | none
       generate: null              # or a mapping: make synthetic data at `path` if it is missing
     model: {n_components: 5, covariance_type: full, init_params: kmeans, n_init: 1,

@@ -10,7 +10,8 @@ therefore see the same path (shared filesystem, or a URL such as ``s3://...``). 
 on the driver but the metadata.  Rows are re-chunked at read time to ``chunk_rows`` (features are
 never split); integer data is returned as stored (cast it where the numerics need floats).
 ``chunk_rows="auto"`` (the run configuration's default) picks whole stored chunks adding up to
-about 64 MiB, but at least 16 Dask chunks of 1 MiB or more (:func:`auto_chunk_rows`).
+about 64 MiB and at most 262,144 rows, but at least 16 Dask chunks of 1 MiB or more (a stored
+chunk larger than that is one Dask chunk; :func:`auto_chunk_rows`).
 
 Writing
 -------
@@ -73,8 +74,11 @@ _PARAMS_SPAWN_KEY = (1,)
 CHUNK_TARGET_BYTES = 64 * 2**20
 #: ... but at least this many chunks, so that small data still keeps a few threads busy, ...
 MIN_AUTO_CHUNKS = 16
-#: ... unless that makes chunks smaller than this (tiny data stays in one chunk)
+#: ... unless that makes chunks smaller than this (tiny data stays in one chunk) ...
 MIN_CHUNK_BYTES = 2**20
+#: ... and at most this many rows: per-row outputs (responsibilities, N x K float64 per task)
+#: and narrow data (a few bytes per row) must not make tasks of many millions of rows
+MAX_AUTO_ROWS = 2**18
 
 
 def auto_chunk_rows(
@@ -84,33 +88,30 @@ def auto_chunk_rows(
     multiple: int = 1,
     target_bytes: int = CHUNK_TARGET_BYTES,
     min_chunks: int = MIN_AUTO_CHUNKS,
+    max_rows: int = MAX_AUTO_ROWS,
 ) -> int:
     """Rows per Dask chunk chosen from the data alone (never from the cluster).
 
-    ``ceil(nbytes / target_bytes)`` chunks, or ``min_chunks`` if that is more (but none under
-    1 MiB), of equal rows, each rounded up to a whole ``multiple`` (the store's chunk rows, so no stored chunk is read by two tasks) and to
-    at most ``n_samples``.  Every chunk is one task per EM pass: on a distributed cluster each
-    costs a few ms of scheduling and communication on top of the kernel (measured on a 2-core
-    machine: N = 1e7, D = 16, the LocalCluster took 1.0-1.3x the threaded time with 153 chunks
-    of 8 MB, about 1.0-1.15x with 20 chunks of 64 MB), so chunks are sized in tens of MB, like
-    Dask's own ``"auto"`` chunks.  The result depends only on the arguments, so a re-opened data
-    set (``run --resume``) gets the same chunks.
+    ``ceil(nbytes / target_bytes)`` chunks, or ``min_chunks`` if that is more but none under
+    1 MiB, of equal rows, at most ``max_rows``; then rounded up to a whole ``multiple`` (the
+    store's chunk rows, so no stored chunk is split between tasks: a stored chunk larger than
+    that wins) and to at most ``n_samples``.  Every chunk is one task per EM pass: on a
+    distributed cluster each costs a few ms of scheduling and communication on top of the
+    kernel (2-core machine, N = 1e7, D = 16, float64: the LocalCluster took 1.11-1.22x the
+    threaded time with 153 chunks of 8 MiB), so chunks are sized in tens of MB, like Dask's own
+    ``"auto"`` chunks.  The result depends only on the arguments, so a re-opened data set
+    (``run --resume``) gets the same chunks.
     """
-    if n_samples < 1 or n_features < 1 or itemsize < 1 or multiple < 1:
+    if n_samples < 1 or n_features < 1 or itemsize < 1 or multiple < 1 or max_rows < 1:
         raise ValueError(
             f"auto_chunk_rows needs positive sizes, got n_samples={n_samples}, "
-            f"n_features={n_features}, itemsize={itemsize}, multiple={multiple}"
+            f"n_features={n_features}, itemsize={itemsize}, multiple={multiple}, max_rows={max_rows}"
         )
     nbytes = n_samples * n_features * itemsize
-    n_chunks = max(-(-nbytes // target_bytes), min(min_chunks, -(-nbytes // MIN_CHUNK_BYTES)))
-    rows = -(-n_samples // n_chunks)
+    n_chunks = max(-(-nbytes // target_bytes), min(min_chunks, max(1, nbytes // MIN_CHUNK_BYTES)))
+    rows = min(-(-n_samples // n_chunks), max_rows)
     rows = -(-rows // multiple) * multiple
     return int(min(rows, n_samples))
-
-
-# --------------------------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------------------------
 
 
 def open_dataset(
@@ -124,8 +125,8 @@ def open_dataset(
     array : name of the array inside a group.  If None and ``path`` is a group, the array named
         ``"X"`` is used, else the group's only 2-D array.
     chunk_rows : rows per Dask chunk; None keeps the store's row chunks (its shards if sharded);
-        "auto" takes whole stored chunks (inner chunks if sharded) adding up to about 64 MiB, at
-        least 16 Dask chunks (:func:`auto_chunk_rows`).
+        "auto" takes whole stored chunks (inner chunks if sharded) adding up to about 64 MiB and
+        at most 262,144 rows, at least 16 Dask chunks of >= 1 MiB (:func:`auto_chunk_rows`).
 
     Returns
     -------

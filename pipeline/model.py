@@ -82,7 +82,12 @@ def check_array(X, name="X", n_features=None, chunk_rows=None) -> tuple[da.Array
             f"{name} has {X.shape[1]} features, but the GaussianMixture was fitted with {n_features} features"
         )
     if not was_dask:
-        rows = chunk_rows or auto_chunk_rows(X.shape[0], X.shape[1], X.dtype.itemsize)
+        if chunk_rows is None or (isinstance(chunk_rows, str) and chunk_rows == "auto"):
+            rows = auto_chunk_rows(X.shape[0], X.shape[1], X.dtype.itemsize)
+        elif isinstance(chunk_rows, (int, np.integer)) and not isinstance(chunk_rows, bool) and chunk_rows >= 1:
+            rows = int(chunk_rows)
+        else:
+            raise ValueError(f"chunk_rows must be None, 'auto' or an integer >= 1, got {chunk_rows!r}")
         X = da.from_array(X, chunks=(min(rows, X.shape[0]), -1))
     elif X.numblocks[1] != 1:
         X = X.rechunk({1: -1})
@@ -134,9 +139,10 @@ class GaussianMixture:
         that is already in memory (NumPy input, persisted Dask arrays) or small (< 1/4 of the
         available worker memory), and streams it from its source (e.g. Zarr) every iteration
         otherwise.
-    chunk_rows : int or None
-        Rows per chunk when a NumPy array is given (Dask arrays keep their chunks); None: about
-        64 MiB per chunk, at least 16 chunks (:func:`pipeline.io.auto_chunk_rows`).
+    chunk_rows : int, "auto" or None
+        Rows per chunk when a NumPy array is given (Dask arrays keep their chunks); None or
+        "auto": about 64 MiB and at most 262,144 rows per chunk, at least 16 chunks of >= 1 MiB
+        (:func:`pipeline.io.auto_chunk_rows`).
     """
 
     def __init__(
@@ -565,9 +571,12 @@ def _iter_log_resp(x, plan):
 
 
 def _proba_block(x, plan):
-    if x.shape[0] == 0:
-        return np.empty((0, plan.n_components))
-    return np.concatenate([np.exp(lr) for _, lr in _iter_log_resp(x, plan)])
+    out = np.empty((x.shape[0], plan.n_components))  # filled block by block: no second copy
+    start = 0
+    for _, lr in _iter_log_resp(x, plan):
+        np.exp(lr, out=out[start : start + lr.shape[0]])
+        start += lr.shape[0]
+    return out
 
 
 def _labels_block(x, plan):

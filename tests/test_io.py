@@ -64,12 +64,14 @@ def test_open_dataset_keeps_store_row_chunks_by_default(tmp_path, data):
 @pytest.mark.parametrize(
     "n, d, itemsize, multiple, rows",
     [
-        (10_000_000, 16, 8, 1, 500_000),  # 1.28 GB -> 20 chunks of 64 MB
-        (10_000_000, 16, 4, 1, 625_000),  # 640 MB -> 10 chunks of 64 MB would be < 16 chunks
+        (10_000_000, 16, 8, 1, 262_144),  # 1.28 GB: 20 chunks of 64 MB would be > 262,144 rows
+        (1_000_000, 16, 8, 1, 62_500),  # 128 MB: 16 chunks
         (1_000_000, 8, 4, 65_536, 65_536),  # 32 MB: 16 chunks, rounded up to whole stored chunks
-        (100_000, 16, 8, 1, 7_693),  # 12.8 MB: 13 chunks of at least 1 MiB
+        (200_000, 8, 8, 1, 16_667),  # 12.8 MB: 12 chunks, none under 1 MiB
+        (17_000, 8, 8, 1, 17_000),  # 1.04 MiB: one chunk
         (1_000, 2, 8, 1, 1_000),  # 16 kB: one chunk
-        (200_000_000, 16, 4, 262_144, 1_048_576),  # 12.8 GB: 4 stored chunks = 64 MiB
+        (2_000, 1_000_000, 8, 1, 9),  # 8 MB rows: 239 equal chunks of ~64 MiB
+        (200_000_000, 16, 4, 1_048_576, 1_048_576),  # a stored chunk above the row cap wins
         (12, 3, 8, 5, 12),  # rounding up never passes n_samples
     ],
 )
@@ -79,8 +81,11 @@ def test_auto_chunk_rows_sizes_chunks_in_tens_of_mb(n, d, itemsize, multiple, ro
     assert got % multiple == 0 or got == n
     n_chunks = -(-n // got)
     nbytes = n * d * itemsize
-    assert got * d * itemsize <= 64 * 2**20 or got == multiple  # about 64 MiB at most ...
-    assert n_chunks >= min(16, nbytes // 2**20) or got == multiple  # ... and enough of them
+    if got == multiple or got == n:
+        return
+    assert (got - 1) * d * itemsize <= 64 * 2**20 and got <= 2**18  # ~64 MiB and 262,144 rows at most
+    assert n_chunks >= min(16, nbytes // 2**20)  # enough chunks ...
+    assert got * d * itemsize >= 2**20 or n_chunks * d * itemsize > 64 * 2**20  # ... of >= 1 MiB
 
 
 def test_auto_chunk_rows_refuses_empty_sizes():
@@ -89,10 +94,10 @@ def test_auto_chunk_rows_refuses_empty_sizes():
 
 
 def test_open_dataset_auto_chunks_are_whole_stored_chunks(tmp_path):
-    data = np.random.default_rng(0).normal(size=(300_000, 4))  # 9.6 MB: 10 chunks of >= 1 MiB
+    data = np.random.default_rng(0).normal(size=(300_000, 4))  # 9.6 MB: 9 chunks of >= 1 MiB
     make_array(tmp_path / "a.zarr", data, chunks=(10_000, 4))
     X = open_dataset(tmp_path / "a.zarr", chunk_rows="auto")
-    assert X.chunks == ((30_000,) * 10, (4,))
+    assert X.chunks == ((40_000,) * 7 + (20_000,), (4,))
     np.testing.assert_array_equal(X[-5:].compute(), data[-5:])
     with pytest.raises(DataError, match="'auto'"):
         open_dataset(tmp_path / "a.zarr", chunk_rows="big")

@@ -348,9 +348,13 @@ def test_numpy_input_is_chunked_by_size_unless_chunk_rows_is_given():
 
     small, _ = check_array(np.zeros((1000, 3)))
     assert small.numblocks == (1, 1)  # 24 kB: one chunk
-    big, was_dask = check_array(np.zeros((200_000, 8)))  # 12.8 MB: 13 chunks of >= 1 MiB
-    assert not was_dask and big.chunks[0] == (15_385,) * 12 + (200_000 - 12 * 15_385,)
+    big, was_dask = check_array(np.zeros((200_000, 8)))  # 12.8 MB: 12 chunks of >= 1 MiB
+    assert not was_dask and big.chunks[0] == (16_667,) * 11 + (200_000 - 11 * 16_667,)
     given, _ = check_array(np.zeros((200_000, 8)), chunk_rows=50_000)
     assert given.chunks[0] == (50_000,) * 4
+    assert check_array(np.zeros((200_000, 8)), chunk_rows="auto")[0].chunks == big.chunks
+    for bad in (0, -5, 2.5, "big", True):
+        with pytest.raises(ValueError, match="chunk_rows must be None, 'auto' or an integer >= 1"):
+            check_array(np.zeros((10, 2)), chunk_rows=bad)
     dask_in, was_dask = check_array(da.zeros((200_000, 8), chunks=(30_000, 4)), chunk_rows=50_000)
     assert was_dask and dask_in.chunks == ((30_000,) * 6 + (20_000,), (8,))  # Dask keeps its rows
