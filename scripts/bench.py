@@ -758,6 +758,7 @@ def scaling_n(args, X_all, init, k, d, iters, cluster, flops) -> list:
     for nn in args.scaling_n:
         X = X_all[:nn]
         log(f"scaling N={nn:,} threaded")
+        cluster.close()  # no idle worker processes beside the threaded run
         Xd = dask_persisted(X, args.chunk_rows)
         with dask.config.set(scheduler="threads"):
             r = fit_ours(Xd, k, "full", init, "float64", iters, blas_threads=1)
@@ -783,7 +784,8 @@ def distributed_vs_threaded(args, X_all, init, k, d, iters, cluster) -> list:
 
     The two are alternated ``--dist-rounds`` times per dtype (which one goes first alternates
     too), so that the slow drifts of a shared VM (10-30% over minutes, seen here) fall on both;
-    the figure is the median of the per-round ratios."""
+    the figure is the median of the per-round ratios.  The LocalCluster is closed during the
+    threaded fits (its idle processes take a few % of a core each) and started again after."""
     nn = args.dist_n
     res, table = [], []
     for dtype in ("float64", "float32"):
@@ -794,6 +796,7 @@ def distributed_vs_threaded(args, X_all, init, k, d, iters, cluster) -> list:
             for which in ("threaded", "dist") if rnd % 2 == 0 else ("dist", "threaded"):
                 log(f"distributed vs threaded N={nn:,} {dtype} round {rnd + 1}: {which}")
                 if which == "threaded":
+                    cluster.close()  # no idle worker processes beside the threaded run
                     Xd = dask_persisted(X, rows)
                     with dask.config.set(scheduler="threads"):
                         threaded.append(fit_ours(Xd, k, "full", init, dtype, iters, blas_threads=1)["s_iter"])
