@@ -24,6 +24,19 @@ from pathlib import Path
 from pipeline.exceptions import ConfigError, GMMPipelineError
 
 
+def _chunk_rows(text: str):
+    """``--chunk-rows``: "auto", "store" (None: the store's chunks) or an integer >= 1."""
+    if text in ("auto", "store"):
+        return None if text == "store" else text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, store or an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gmm-pipeline", description="Out-of-core, distributed Gaussian mixture models by EM.")
     p.add_argument("--debug", action="store_true", help="show tracebacks on failure")
@@ -58,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("data", help="Zarr array or group with the data")
     pr.add_argument("output", help="output Zarr group (labels, responsibilities)")
     pr.add_argument("--array", default=None, help="array name inside a data group")
-    pr.add_argument("--chunk-rows", type=int, default=None)
+    pr.add_argument("--chunk-rows", type=_chunk_rows, default="auto",
+                    help="rows per Dask chunk: auto (default: whole stored chunks, ~64 MiB / at most "
+                         "262,144 rows, at least 16 chunks), an integer, or store (the store's chunks)")
     pr.add_argument("--no-responsibilities", action="store_true")
     pr.add_argument("--overwrite", action="store_true")
 

@@ -203,3 +203,17 @@ def test_output_dir_check_refuses_results_and_files_before_any_work(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(OutputExistsError, match="is a file"):
         check_output_dir(config_from_dict(afile), resume=False)
+
+
+def test_predict_chunk_rows_accepts_auto_store_and_integers(capsys):
+    from pipeline.cli import _parser
+
+    def parsed(*extra):
+        return _parser().parse_args(["predict", "run", "data.zarr", "out.zarr", *extra]).chunk_rows
+
+    assert parsed() == "auto" and parsed("--chunk-rows", "auto") == "auto"
+    assert parsed("--chunk-rows", "store") is None and parsed("--chunk-rows", "4096") == 4096
+    for bad in ("0", "big"):
+        with pytest.raises(SystemExit):
+            parsed("--chunk-rows", bad)
+        assert "--chunk-rows" in capsys.readouterr().err
