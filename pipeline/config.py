@@ -366,29 +366,17 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _int(minimum: int, nullable: bool = False):
-    def check(v, key, ctx):
-        if v is None and nullable:
-            return None
-        accepted = f"an integer >= {minimum}" + (" or null" if nullable else "")
-        if not _is_int(v):
-            ctx.fail(key, v, accepted, f"must be an integer, not {type(v).__name__}")
-        if v < minimum:
-            ctx.fail(key, v, accepted, "is too small")
-        return v
-
-    return check
-
-
-def _int_or_auto(minimum: int):
-    """An integer >= minimum, "auto" or null (kept as None)."""
+def _int(minimum: int, nullable: bool = False, words: tuple[str, ...] = ()):
+    """An integer >= minimum; also null (kept as None) if ``nullable``, and the strings ``words``."""
 
     def check(v, key, ctx):
-        if v is None or v == "auto":
+        if (v is None and nullable) or (isinstance(v, str) and v in words):
             return v
-        accepted = f"an integer >= {minimum}, 'auto' or null"
+        alternatives = [f"an integer >= {minimum}", *map(repr, words)] + (["null"] if nullable else [])
+        accepted = alternatives[0] if len(alternatives) == 1 else f"{', '.join(alternatives[:-1])} or {alternatives[-1]}"
         if not _is_int(v):
-            ctx.fail(key, v, accepted, f"must be an integer or 'auto', not {type(v).__name__}")
+            kinds = " or ".join(["an integer", *map(repr, words)])
+            ctx.fail(key, v, accepted, f"must be {kinds}, not {type(v).__name__}")
         if v < minimum:
             ctx.fail(key, v, accepted, "is too small")
         return v
@@ -530,7 +518,7 @@ _SCHEMAS: dict[str, tuple[type, dict]] = {
         {
             "path": _path,
             "array": _string(nullable=True),
-            "chunk_rows": _int_or_auto(1),
+            "chunk_rows": _int(1, nullable=True, words=("auto",)),
             "cache": _choice(CACHE_MODES, nullable_as="none"),
             "generate": _generate,
         },
