@@ -53,8 +53,8 @@ from pipeline.exceptions import DataError, OutputExistsError
 __all__ = [
     "array_checksum",
     "atomic_write_bytes",
-    "auto_chunk_rows",
     "atomic_write_text",
+    "auto_chunk_rows",
     "convert",
     "dataset_from_config",
     "generate_mixture",
@@ -70,6 +70,12 @@ __all__ = [
 _NUMERIC_KINDS = "iuf"
 #: parameters of :func:`generate_mixture` come from this stream, independent of every chunk's
 _PARAMS_SPAWN_KEY = (1,)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
 #: automatic chunking: about this many bytes per Dask chunk ...
 CHUNK_TARGET_BYTES = 64 * 2**20
 #: ... but at least this many chunks, so that small data still keeps a few threads busy, ...
