@@ -23,8 +23,8 @@ How each figure is timed:
   all chunks, reduction, M step on the driver; the data summary and the initialisation are
   outside).  Chunks: ``--chunk-rows`` or, by default, what the estimator would choose for X
   (``pipeline.io.auto_chunk_rows``).  Threaded scheduler: X is
-  ``da.from_array(X, chunks=(chunk_rows, -1))`` persisted, and BLAS is limited to 1 thread (threadpoolctl) inside Dask's threads unless the
-  row says otherwise.  LocalCluster: 2 worker processes x 1 thread on 127.0.0.1, the chunks
+  ``da.from_array(X, chunks=(chunk_rows, -1))`` persisted, and BLAS is limited to 1 thread
+  (threadpoolctl) inside Dask's threads unless the row says otherwise.  LocalCluster: 2 worker processes x 1 thread on 127.0.0.1, the chunks
   scattered to the workers before the fit (as persisted data would be).
 - scikit-learn: a subclass records the clock at the end of ``_initialize`` and at the end of
   every EM iteration (``_print_verbose_msg_iter_end``, called after E step, M step and lower
@@ -523,7 +523,8 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=5, help="EM iterations timed (default 5)")
     p.add_argument("--chunk-rows", type=int, default=None,
                    help="rows per Dask chunk (default: the pipeline's automatic size for each N and dtype, "
-                        "pipeline.io.auto_chunk_rows: ~64 MiB but at least 16 chunks; 62,500 rows at N=1e6, D=16)")
+                        "pipeline.io.auto_chunk_rows: ~64 MiB and at most 262,144 rows, at least 16 chunks; "
+                        "62,500 rows at N=1e6, D=16)")
     p.add_argument("--dist-n", type=int, default=None,
                    help="rows of the distributed-against-threaded comparison (default 10_000_000; 200_000 with --quick)")
     p.add_argument("--dist-rounds", type=int, default=3,
