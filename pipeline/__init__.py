@@ -1,12 +1,32 @@
-"""gmm-pipeline: out-of-core, distributed Gaussian mixture models fitted by EM."""
+"""gmm-pipeline: out-of-core, distributed Gaussian mixture models fitted by EM.
+
+Public entry points: :class:`GaussianMixture` and :func:`open_dataset` (imported lazily, so
+that ``import pipeline.families`` does not pull in Dask).  The package is layered; each layer
+imports only the ones below it (enforced by ``tests/test_layers.py``)::
+
+    batch/        the application: config, cluster, runner, report, plots, cli
+    estimators/   scikit-learn-facing: GaussianMixture, validation, persistence
+    engine/       Dask: passes over row-chunked arrays, summary, EM loop, init, resources
+    kernels/      per-chunk NumPy run on the workers
+    core/         driver-side NumPy: parameters, E-step plan, statistics algebra, updaters
+    options       one source of truth for choices and defaults
+    families/     covariance models: the registry, one class per family
+    data/         chunking, Zarr I/O, synthetic data, conversion
+    storage/      atomic writes, checksummed archives
+    exceptions    one exception tree
+"""
 
 __version__ = "0.1.0"
-__all__ = ["GaussianMixture"]
+__all__ = ["GaussianMixture", "open_dataset"]
 
 
-def __getattr__(name):  # lazy, so that `import pipeline.stats` does not pull in Dask
+def __getattr__(name):
     if name == "GaussianMixture":
-        from pipeline.model import GaussianMixture
+        from pipeline.estimators.gaussian_mixture import GaussianMixture
 
         return GaussianMixture
-    raise AttributeError(name)
+    if name == "open_dataset":
+        from pipeline.data.zarr_io import open_dataset
+
+        return open_dataset
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

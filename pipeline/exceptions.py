@@ -34,5 +34,9 @@ class CheckpointError(GMMPipelineError, ValueError):
     """A checkpoint cannot be used to resume this run (different config or data, or corrupt)."""
 
 
+class CovarianceError(GMMPipelineError, ValueError):
+    """A covariance matrix is not positive definite (a collapsed or degenerate component)."""
+
+
 class ConvergenceWarning(UserWarning):
     """EM stopped at ``max_iter`` before the change of the mean log-likelihood fell below ``tol``."""

@@ -22,7 +22,7 @@ How each figure is timed:
 - gmm-pipeline: median of ``info.seconds`` over the fit's per-iteration callbacks (E step over
   all chunks, reduction, M step on the driver; the data summary and the initialisation are
   outside).  Chunks: ``--chunk-rows`` or, by default, what the estimator would choose for X
-  (``pipeline.io.auto_chunk_rows``).  Threaded scheduler: X is
+  (``pipeline.data.chunking.auto_chunk_rows``).  Threaded scheduler: X is
   ``da.from_array(X, chunks=(chunk_rows, -1))`` persisted, and BLAS is limited to 1 thread
   (threadpoolctl) inside Dask's threads unless the row says otherwise.  LocalCluster: 2 worker processes x 1 thread on 127.0.0.1, the chunks
   scattered to the workers before the fit (as persisted data would be).
@@ -53,7 +53,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,7 +70,7 @@ import dask.array as da  # noqa: E402
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
 from pipeline import GaussianMixture  # noqa: E402
-from pipeline.io import auto_chunk_rows  # noqa: E402
+from pipeline.data.chunking import auto_chunk_rows  # noqa: E402
 
 SEED = 12345
 GEMM_ROWS = 65536
@@ -523,7 +522,7 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=5, help="EM iterations timed (default 5)")
     p.add_argument("--chunk-rows", type=int, default=None,
                    help="rows per Dask chunk (default: the pipeline's automatic size for each N and dtype, "
-                        "pipeline.io.auto_chunk_rows: ~64 MiB and at most 262,144 rows, at least 16 chunks; "
+                        "pipeline.data.chunking.auto_chunk_rows: ~64 MiB and at most 262,144 rows, at least 16 chunks; "
                         "62,500 rows at N=1e6, D=16)")
     p.add_argument("--dist-n", type=int, default=None,
                    help="rows of the distributed-against-threaded comparison (default 10_000_000; 200_000 with --quick)")
@@ -847,8 +846,8 @@ def diag_spherical(args, X64, k, iters, gemm) -> list:
     Also the GEMM floor: the kernel's two GEMMs per block do ``4 N K (Q + D)`` FLOPs (Q = D
     squares for diag, one squared norm for spherical), which take at least that many FLOPs at
     the measured tall-GEMM peak of the dtype (``gemm``), whatever the data source."""
-    from pipeline.gaussian import n_quadratic
-    from pipeline.io import write_array_zarr
+    from pipeline.core.plan import n_quadratic
+    from pipeline.data.zarr_io import write_array_zarr
 
     n, d = X64.shape
     res, table = [], []

@@ -28,8 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 
 def peak_rss(dask_worker=None):
     with open("/proc/self/status") as f:
@@ -62,12 +60,12 @@ def main(argv=None):
     p.add_argument("--dir", default=None, help="where to write the Zarr data (default: a temp dir)")
     args = p.parse_args(argv)
 
-    import dask
     from dask.utils import format_bytes, parse_bytes
     from distributed import Client, LocalCluster
 
     from pipeline import GaussianMixture
-    from pipeline.io import generate_mixture, open_dataset
+    from pipeline.data.synthetic import generate_mixture
+    from pipeline.data.zarr_io import open_dataset
 
     base = Path(args.dir or tempfile.mkdtemp(prefix="gmm-bench-"))
     limit = parse_bytes(args.memory_limit)

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +12,12 @@ import yaml
 import zarr
 
 from pipeline import GaussianMixture
-from pipeline.config import config_from_dict
-from pipeline.io import generate_mixture, open_dataset
-from pipeline.run import run
+from pipeline.batch.config import config_from_dict
+from pipeline.batch.runner import run
+from pipeline.data.zarr_io import open_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "pipeline.cli"]
+CLI = [sys.executable, "-m", "pipeline.batch.cli"]
 
 
 def gmm(*args, cwd=None, timeout=300):
@@ -173,8 +172,8 @@ def test_generate_convert_and_info_commands(tmp_path):
 
 
 def test_two_runs_never_share_an_output_dir(tmp_path):
+    from pipeline.batch.runner import run_lock
     from pipeline.exceptions import OutputExistsError
-    from pipeline.run import run_lock
 
     _, cfg = small_config(tmp_path)
     with run_lock(Path(cfg["output"]["dir"])):  # as if another run were going on
@@ -184,8 +183,8 @@ def test_two_runs_never_share_an_output_dir(tmp_path):
 
 
 def test_output_dir_check_refuses_results_and_files_before_any_work(tmp_path):
+    from pipeline.batch.runner import check_output_dir
     from pipeline.exceptions import OutputExistsError
-    from pipeline.run import check_output_dir
 
     _, cfg = small_config(tmp_path)
     out = Path(cfg["output"]["dir"])
@@ -206,7 +205,7 @@ def test_output_dir_check_refuses_results_and_files_before_any_work(tmp_path):
 
 
 def test_predict_chunk_rows_accepts_auto_store_and_integers(capsys):
-    from pipeline.cli import _parser
+    from pipeline.batch.cli import _parser
 
     def parsed(*extra):
         return _parser().parse_args(["predict", "run", "data.zarr", "out.zarr", *extra]).chunk_rows

@@ -1,4 +1,4 @@
-"""pipeline.cluster: local process clusters, remote schedulers, and real SLURM batch jobs."""
+"""pipeline.batch.cluster: local process clusters, remote schedulers, and real SLURM batch jobs."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import psutil
 import pytest
 from distributed import Client
 
-from pipeline import cluster
+from pipeline.batch import cluster
 from pipeline.exceptions import ClusterError, ConfigError
 
 GiB = 2**30

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from pipeline import GaussianMixture
-from pipeline.config import config_from_dict
-from pipeline.run import run
+from pipeline.batch.config import config_from_dict
+from pipeline.batch.runner import run
 from tests.test_cli import small_config
 
 

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from pipeline.config import (
+from pipeline.batch.config import (
     ClusterConfig,
     ModelConfig,
     RunConfig,

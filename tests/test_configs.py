@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config
+from pipeline.batch.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

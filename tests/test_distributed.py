@@ -68,7 +68,7 @@ def test_reductions_over_chunks_held_by_the_workers(client):
     """The hand-built per-chunk graph refers to chunks by explicit key references: persisted
     chunks, slices of them and an optimised persisted array (whose graph no longer lists its
     keys; a tuple-form task received the key itself as a tuple there) all give the same sums."""
-    from pipeline.em import per_block, reduce_blocks
+    from pipeline.engine.graph import per_block, reduce_blocks
 
     X = np.arange(600, dtype=np.float64).reshape(200, 3)
     Xp = da.from_array(X, chunks=(25, -1)).persist()

@@ -175,7 +175,7 @@ def test_job_yaml_has_the_documented_sections():
 
 
 def test_job_yaml_validates_with_pipeline_config():
-    from pipeline.config import load_config
+    from pipeline.batch.config import load_config
 
     run = load_config(DOCKER / "job.yaml")
     assert run.cluster.kind == "address"

@@ -1,11 +1,11 @@
-"""The hand-built per-chunk graphs of pipeline.em: tree reduction, order, block ids, errors."""
+"""The hand-built per-chunk graphs of pipeline.engine.graph: tree reduction, order, block ids, errors."""
 
 import dask
 import dask.array as da
 import numpy as np
 import pytest
 
-from pipeline.em import SPLIT_EVERY, per_block, reduce_blocks
+from pipeline.engine.graph import SPLIT_EVERY, per_block, reduce_blocks
 
 
 def _stats(block, scale, offset=0.0):

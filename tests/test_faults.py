@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -58,7 +57,7 @@ def _slow_config(tmp_path, name):
 
 
 def test_driver_killed_mid_run_resumes_to_the_same_model(tmp_path):
-    from pipeline.model import GaussianMixture as GM
+    from pipeline.estimators.gaussian_mixture import GaussianMixture as GM
 
     ref_cfg, ref = _slow_config(tmp_path, "reference")
     r = subprocess.run([*CLI, "run", ref_cfg], capture_output=True, text=True, timeout=600)
@@ -94,9 +93,9 @@ def test_driver_killed_mid_run_resumes_to_the_same_model(tmp_path):
 
 
 def test_resume_refuses_a_checkpoint_of_another_config_or_data(tmp_path):
-    from pipeline.config import config_from_dict
+    from pipeline.batch.config import config_from_dict
+    from pipeline.batch.runner import CHECKPOINT_NAME, run, staging_dir
     from pipeline.exceptions import CheckpointError
-    from pipeline.run import CHECKPOINT_NAME, run, staging_dir
 
     cfg_path, cfg = _slow_config(tmp_path, "r")
     cfg["model"]["max_iter"] = 3
@@ -109,7 +108,7 @@ def test_resume_refuses_a_checkpoint_of_another_config_or_data(tmp_path):
 
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:
-        import pipeline.run as run_mod
+        import pipeline.batch.runner as run_mod
 
         original = run_mod._write_point_outputs
 

@@ -6,7 +6,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from pipeline import init
+from pipeline.engine import init
 
 
 @pytest.fixture

@@ -9,17 +9,12 @@ import numpy as np
 import pytest
 import zarr
 
+from pipeline.data.chunking import auto_chunk_rows
+from pipeline.data.convert import convert
+from pipeline.data.synthetic import generate_mixture
+from pipeline.data.zarr_io import dataset_from_config, open_dataset, write_array_zarr
 from pipeline.exceptions import DataError, OutputExistsError
-from pipeline.io import (
-    atomic_write_bytes,
-    atomic_write_text,
-    auto_chunk_rows,
-    convert,
-    dataset_from_config,
-    generate_mixture,
-    open_dataset,
-    write_array_zarr,
-)
+from pipeline.storage.atomic import atomic_write_bytes, atomic_write_text
 
 
 def make_array(path, data, chunks, zarr_format=3):
@@ -275,7 +270,7 @@ def test_generate_mixture_refuses_to_overwrite_unless_asked(tmp_path):
 
 
 def test_dataset_from_config_generates_missing_demo_data(tmp_path):
-    from pipeline.config import config_from_dict
+    from pipeline.batch.config import config_from_dict
 
     cfg = config_from_dict(
         {

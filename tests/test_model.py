@@ -344,7 +344,7 @@ def test_bic_accepts_lists_and_counts_samples_in_the_same_pass():
 
 
 def test_numpy_input_is_chunked_by_size_unless_chunk_rows_is_given():
-    from pipeline.model import check_array
+    from pipeline.estimators.validation import check_array
 
     small, _ = check_array(np.zeros((1000, 3)))
     assert small.numblocks == (1, 1)  # 24 kB: one chunk

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from pipeline import GaussianMixture
-from pipeline.io import generate_mixture, open_dataset
+from pipeline.data.synthetic import generate_mixture
+from pipeline.data.zarr_io import open_dataset
 
 LIMIT = 200 * 2**20  # per worker
 N_WORKERS = 2

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline import GaussianMixture
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.estimators.persistence import load_checkpoint, save_checkpoint
 from pipeline.exceptions import CheckpointError
 from tests.helpers import blobs
 

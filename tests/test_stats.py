@@ -5,8 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.gaussian import MixtureParams, precision_cholesky
-from pipeline.stats import SuffStats, vector_length
+from pipeline.core.params import MixtureParams
+from pipeline.core.stats import SuffStats, vector_length
+from pipeline.families import get_family
+from pipeline.kernels.cpu import chunk_stats
 
 TYPES = ["full", "tied", "diag", "spherical"]
 
@@ -17,7 +19,7 @@ def _params(rng, k, d, ct):
     full = np.einsum("kij,klj->kil", a, a)
     cov = {"full": full, "tied": full[0], "diag": np.einsum("kii->ki", full), "spherical": np.einsum("kii->k", full) / d}[ct]
     w = rng.dirichlet(np.ones(k))
-    return MixtureParams(w, means, cov, precision_cholesky(cov, ct), ct)
+    return MixtureParams(w, means, cov, get_family(ct).precision_cholesky(cov), ct)
 
 
 @settings(max_examples=40, deadline=None)
@@ -34,9 +36,9 @@ def test_merge_of_chunk_statistics_equals_statistics_of_the_whole(seed, cuts, ct
     p.means += 1e3
     X = rng.normal(size=(300, d)) * 2 + 1e3
     plan = p.plan(dtype)
-    whole = SuffStats.from_chunk(X, plan, p.means, ct)
+    whole = chunk_stats(X, plan, p.means, ct)
     bounds = [0, *sorted(cuts), 300]
-    parts = [SuffStats.from_chunk(X[a:b], plan, p.means, ct) for a, b in zip(bounds[:-1], bounds[1:])]
+    parts = [chunk_stats(X[a:b], plan, p.means, ct) for a, b in zip(bounds[:-1], bounds[1:])]
     merged = SuffStats.zeros(p.means, ct)
     for part in parts:
         merged = merged.merge(part)
@@ -62,7 +64,7 @@ def test_loglik_of_chunk_equals_direct_density():
     p = _params(rng, 3, 2, "full")
     X = rng.normal(size=(50, 2)) * 3
     dens = sum(w * multivariate_normal(m, c).pdf(X) for w, m, c in zip(p.weights, p.means, p.covariances))
-    st_ = SuffStats.from_chunk(X, p.plan(), p.means, "full")
+    st_ = chunk_stats(X, p.plan(), p.means, "full")
     np.testing.assert_allclose(st_.loglik, np.log(dens).sum(), rtol=1e-12)
 
 
@@ -83,8 +85,8 @@ def test_fast_features_kernel_equals_centred_kernel(ct, dtype):
     rng = np.random.default_rng(3)
     p = _params(rng, 4, 5, ct)
     X = rng.normal(size=(2500, 5)) * 2
-    fast = SuffStats.from_chunk(X.astype(dtype), p.plan(dtype, kernel="features"), p.means, ct)
-    slow = SuffStats.from_chunk(X.astype(dtype), p.plan(dtype, kernel="centred"), p.means, ct)
+    fast = chunk_stats(X.astype(dtype), p.plan(dtype, kernel="features"), p.means, ct)
+    slow = chunk_stats(X.astype(dtype), p.plan(dtype, kernel="centred"), p.means, ct)
     assert p.plan(dtype).kind == {"full": "outer", "tied": "outer", "diag": "diag", "spherical": "sphere"}[ct]
     rtol = 1e-11 if dtype == "float64" else 2e-5
     np.testing.assert_allclose(fast.loglik, slow.loglik, rtol=rtol)
@@ -99,10 +101,10 @@ def test_components_far_apart_switch_to_the_centred_kernel_and_stay_accurate():
     b = rng.normal(size=(2000, 2)) + 1e6
     X = np.concatenate([a, b])
     cov = np.array([np.eye(2), np.eye(2)])
-    p = MixtureParams(np.array([0.5, 0.5]), np.array([[0.0, 0.0], [1e6, 1e6]]), cov, precision_cholesky(cov, "full"), "full")
+    p = MixtureParams(np.array([0.5, 0.5]), np.array([[0.0, 0.0], [1e6, 1e6]]), cov, get_family("full").precision_cholesky(cov), "full")
     assert p.plan("float64").kind == "centred"
     assert p.plan("float32").kind == "centred" and p.plan("float32").dtype == "float64"
-    new, _ = SuffStats.from_chunk(X, p.plan(), p.means, "full").m_step(0.0)
+    new, _ = chunk_stats(X, p.plan(), p.means, "full").m_step(0.0)
     np.testing.assert_allclose(new.covariances[0], np.cov(a.T, bias=True), rtol=1e-9)
     np.testing.assert_allclose(new.covariances[1], np.cov(b.T, bias=True), rtol=1e-9)
     moderate = MixtureParams(p.weights, np.array([[0.0, 0.0], [20.0, 20.0]]), cov, p.precisions_cholesky, "full")
@@ -114,8 +116,8 @@ def test_components_far_apart_switch_to_the_centred_kernel_and_stay_accurate():
 def test_fast_kernel_over_several_blocks_and_a_short_last_one(ct, dtype):
     """Blocks reuse buffers and a row of ones (for the bias and sum r): a chunk of two full
     blocks and a 37-row tail gives the statistics of the centred kernel."""
-    from pipeline.stats import features_block_rows
-    from pipeline.gaussian import n_quadratic
+    from pipeline.core.plan import n_quadratic
+    from pipeline.kernels.cpu import features_block_rows
 
     rng = np.random.default_rng(5)
     k, d = 4, 5
@@ -123,8 +125,8 @@ def test_fast_kernel_over_several_blocks_and_a_short_last_one(ct, dtype):
     plan = p.plan(dtype, kernel="features")
     block = features_block_rows(n_quadratic(plan.kind, d) + d + 1, np.dtype(dtype).itemsize, k)
     X = (rng.normal(size=(2 * block + 37, d)) * 2).astype(dtype)
-    fast = SuffStats.from_chunk(X, plan, p.means, ct)
-    slow = SuffStats.from_chunk(X, p.plan(dtype, kernel="centred"), p.means, ct)
+    fast = chunk_stats(X, plan, p.means, ct)
+    slow = chunk_stats(X, p.plan(dtype, kernel="centred"), p.means, ct)
     assert fast.n == slow.n == X.shape[0]
     rtol = 1e-11 if dtype == "float64" else 2e-5
     np.testing.assert_allclose(fast.s0.sum(), X.shape[0], rtol=rtol)
@@ -138,7 +140,7 @@ def test_responsibilities_match_logsumexp_for_any_k_and_block(k, b):
     responsibilities, also for blocks shorter than K; non-finite rows stay non-finite."""
     from scipy.special import logsumexp
 
-    from pipeline.gaussian import column_max, responsibilities
+    from pipeline.kernels.cpu import column_max, responsibilities
 
     rng = np.random.default_rng(k * 100 + b)
     wlp = rng.normal(size=(k, b)) * 200 - 300

@@ -17,7 +17,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -30,11 +29,16 @@ import dask
 import dask.array as da
 import numpy as np
 
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.em import single_threaded_blas, summarize
+from pipeline.batch import cluster as cluster_mod
+from pipeline.batch.plots import write_plots
+from pipeline.batch.report import build_report, write_report
+from pipeline.data.zarr_io import dataset_from_config
+from pipeline.engine.resources import should_cache, single_threaded_blas
+from pipeline.engine.summary import summarize
+from pipeline.estimators.gaussian_mixture import GaussianMixture
+from pipeline.estimators.persistence import load_checkpoint, save_checkpoint
 from pipeline.exceptions import CheckpointError, OutputExistsError
-from pipeline.io import atomic_write_text, dataset_from_config, publish_dir
-from pipeline.model import GaussianMixture, should_cache
+from pipeline.storage.atomic import atomic_write_text, publish_dir
 
 CHECKPOINT_NAME = "checkpoint.npz"
 PROGRESS_NAME = "progress.json"
@@ -159,8 +163,6 @@ def run_lock(out: Path):
 
 
 def _run_locked(cfg, resume, log, client, t0) -> RunResult:
-    from pipeline import cluster as cluster_mod
-
     out, stage = check_output_dir(cfg, resume)
     timings = {}
     # open (and if asked, generate) the data before starting a cluster: bad paths fail fast
@@ -181,9 +183,6 @@ def _run_locked(cfg, resume, log, client, t0) -> RunResult:
 
 
 def _run_with_client(cfg, X, resume, log, client, out, stage, timings, t0) -> RunResult:
-    from pipeline import cluster as cluster_mod
-    from pipeline.report import build_report, write_report
-
     info = cluster_mod.describe(client)
     log(
         f"cluster: {cfg.cluster.kind}, {info['n_workers']} workers, {info['total_threads']} threads, "
@@ -281,8 +280,6 @@ def _run_with_client(cfg, X, resume, log, client, out, stage, timings, t0) -> Ru
     report = build_report(cfg, X, results, best, timings, cluster_info=_describe_safe(client), fingerprints=fingerprints)
     write_report(stage, report)
     if cfg.output.plots:
-        from pipeline.report import write_plots
-
         try:
             write_plots(stage, model, X, results, best)
         except ImportError:
@@ -297,8 +294,6 @@ def _run_with_client(cfg, X, resume, log, client, out, stage, timings, t0) -> Ru
 
 
 def _describe_safe(client):
-    from pipeline import cluster as cluster_mod
-
     try:
         d = cluster_mod.describe(client)
         return {k: v for k, v in d.items() if k != "workers"} | {"workers": len(d.get("workers", []))}
@@ -364,15 +359,3 @@ def write_point_outputs(model, X, labels_to=None, responsibilities_to=None) -> N
         labels = proba.argmax(axis=1).astype(np.int32)
         targets.append(da.to_zarr(labels, str(path), component=component, compute=False, overwrite=True))
     dask.compute(*targets)
-
-
-def versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("gmm-pipeline", "numpy", "scipy", "dask", "distributed", "zarr", "pyyaml"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out

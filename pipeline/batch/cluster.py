@@ -29,7 +29,9 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from pipeline.engine.resources import worker_memory_limits
 from pipeline.exceptions import ClusterError, ConfigError
+from pipeline.options import CLUSTER_DEFAULTS, CLUSTER_KINDS
 
 __all__ = ["KINDS", "JOBQUEUE_CLASSES", "connect", "describe", "worker_memory_limits"]
 
@@ -43,7 +45,7 @@ JOBQUEUE_CLASSES = {
     "lsf": "LSFCluster",
     "htcondor": "HTCondorCluster",
 }
-KINDS = ("local", "address", *JOBQUEUE_CLASSES)
+KINDS = CLUSTER_KINDS
 
 #: Command (argv prefix) that shows the queue state of given job ids, per batch system.
 _QUEUE_COMMANDS = {
@@ -54,17 +56,8 @@ _QUEUE_COMMANDS = {
     "htcondor": ["condor_q"],
 }
 
-_DEFAULTS = {
-    "n_workers": 1,
-    "threads_per_worker": 1,
-    "memory_limit": "auto",
-    "address": None,
-    "host": "127.0.0.1",
-    "dashboard": False,
-    "security": None,
-    "jobqueue": None,
-    "timeout": 60.0,
-}
+#: defaults of missing or None attributes: the same as the YAML cluster section's
+_DEFAULTS = CLUSTER_DEFAULTS
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -89,7 +82,7 @@ def connect(cfg: Any) -> Iterator["distributed.Client"]:  # noqa: F821
         ``tls_client_key``, ``require_encryption``), ``jobqueue`` (dict of keyword arguments
         for the dask-jobqueue class, overriding the defaults made from the fields above),
         ``timeout`` (seconds to wait for the scheduler and the workers).
-        Missing or ``None`` attributes take the defaults in ``_DEFAULTS``.
+        Missing or ``None`` attributes take :data:`pipeline.options.CLUSTER_DEFAULTS`.
 
     Yields
     ------
@@ -155,16 +148,6 @@ def describe(client) -> dict:
         "worker_memory_limit": min(limits) if limits and all(limits) else 0,
         "workers": workers,
     }
-
-
-def worker_memory_limits(client) -> list[int]:
-    """Memory limit of each worker in bytes, ordered by worker address; 0 means no limit.
-
-    The out-of-core logic compares these with the size of the data per worker to decide
-    whether to persist the data or re-read it from Zarr on every EM iteration.
-    """
-    info = client.scheduler_info(n_workers=-1)
-    return [int(w.get("memory_limit") or 0) for _, w in sorted(info.get("workers", {}).items())]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -104,8 +104,8 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    from pipeline.config import load_config
-    from pipeline.run import Printer, run
+    from pipeline.batch.config import load_config
+    from pipeline.batch.runner import Printer, run
 
     cfg = load_config(args.config, args.overrides)
     result = run(cfg, resume=args.resume, printer=Printer(quiet=args.quiet))
@@ -115,7 +115,7 @@ def _run(args) -> int:
 
 
 def _generate(args) -> int:
-    from pipeline.io import generate_mixture
+    from pipeline.data.synthetic import generate_mixture
 
     t = time.perf_counter()
     info = generate_mixture(
@@ -129,7 +129,7 @@ def _generate(args) -> int:
 
 
 def _convert(args) -> int:
-    from pipeline.io import convert
+    from pipeline.data.convert import convert
 
     shape = convert(args.input, args.output, chunk_rows=args.chunk_rows, overwrite=args.overwrite)
     print(f"wrote {shape[0]:,} x {shape[1]} to {args.output}")
@@ -146,10 +146,11 @@ def _predict(args) -> int:
 
     import zarr
 
+    from pipeline.batch.runner import write_point_outputs
+    from pipeline.data.zarr_io import open_dataset
+    from pipeline.estimators.gaussian_mixture import GaussianMixture
     from pipeline.exceptions import OutputExistsError
-    from pipeline.io import open_dataset, publish_dir, tmp_sibling
-    from pipeline.model import GaussianMixture
-    from pipeline.run import write_point_outputs
+    from pipeline.storage.atomic import publish_dir, tmp_sibling
 
     model = GaussianMixture.load(_model_path(args.model))
     X = open_dataset(args.data, array=args.array, chunk_rows=args.chunk_rows)
@@ -172,7 +173,7 @@ def _predict(args) -> int:
 
 
 def _info(args) -> int:
-    from pipeline.run import PROGRESS_NAME, staging_dir
+    from pipeline.batch.runner import PROGRESS_NAME, staging_dir
 
     d = Path(args.run_dir)
     report = d / "report.json"

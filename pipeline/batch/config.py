@@ -43,8 +43,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import re
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +53,16 @@ from typing import Any
 import yaml
 
 from pipeline.exceptions import ConfigError
+from pipeline.families import COVARIANCE_TYPES
+from pipeline.options import (
+    CACHE_MODES,
+    CHUNK_ROWS_DEFAULT,
+    CHUNK_ROWS_WORDS,
+    CLUSTER_DEFAULTS,
+    CLUSTER_KINDS,
+    DTYPES,
+    INIT_PARAMS,
+)
 
 __all__ = [
     "CheckpointConfig",
@@ -67,11 +77,6 @@ __all__ = [
     "parse_memory",
 ]
 
-COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
-INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
-DTYPES = ("float32", "float64")
-CACHE_MODES = ("auto", "memory", "none")
-CLUSTER_KINDS = ("local", "address", "slurm", "pbs", "sge", "lsf", "htcondor")
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,7 +88,7 @@ CLUSTER_KINDS = ("local", "address", "slurm", "pbs", "sge", "lsf", "htcondor")
 class GenerateConfig:
     """Synthetic mixture to create at ``data.path`` when it does not exist.
 
-    Field names match the keyword arguments of :func:`pipeline.io.generate_mixture`.
+    Field names match the keyword arguments of :func:`pipeline.data.synthetic.generate_mixture`.
     """
 
     n_samples: int = 1_000_000
@@ -104,7 +109,7 @@ class DataConfig:
 
     path: str = "data/demo.zarr"
     array: str | None = None
-    chunk_rows: int | str | None = "auto"
+    chunk_rows: int | str | None = CHUNK_ROWS_DEFAULT
     cache: str = "auto"
     generate: GenerateConfig | None = None
 
@@ -143,16 +148,16 @@ class ModelConfig:
 class ClusterConfig:
     """How to get a Dask cluster.  ``memory_limit`` is in bytes, ``timeout`` in seconds."""
 
-    kind: str = "local"
-    n_workers: int = 2
-    threads_per_worker: int = 1
-    memory_limit: int = 4 * 2**30
-    address: str | None = None
-    host: str = "127.0.0.1"
-    dashboard: bool = True
+    kind: str = CLUSTER_DEFAULTS["kind"]
+    n_workers: int = CLUSTER_DEFAULTS["n_workers"]
+    threads_per_worker: int = CLUSTER_DEFAULTS["threads_per_worker"]
+    memory_limit: int = CLUSTER_DEFAULTS["memory_limit"]
+    address: str | None = CLUSTER_DEFAULTS["address"]
+    host: str = CLUSTER_DEFAULTS["host"]
+    dashboard: bool = CLUSTER_DEFAULTS["dashboard"]
     security: dict = field(default_factory=dict)
     jobqueue: dict = field(default_factory=dict)
-    timeout: float = 300.0
+    timeout: float = CLUSTER_DEFAULTS["timeout"]
 
 
 @dataclass(frozen=True)
@@ -487,7 +492,7 @@ def _mapping(v, key, ctx):
 def _memory(v, key, ctx):
     try:
         return parse_memory(v)
-    except ConfigError as exc:
+    except ConfigError:
         ctx.fail(
             key,
             v,
@@ -518,7 +523,7 @@ _SCHEMAS: dict[str, tuple[type, dict]] = {
         {
             "path": _path,
             "array": _string(nullable=True),
-            "chunk_rows": _int(1, nullable=True, words=("auto",)),
+            "chunk_rows": _int(1, nullable=True, words=CHUNK_ROWS_WORDS),
             "cache": _choice(CACHE_MODES, nullable_as="none"),
             "generate": _generate,
         },

@@ -24,16 +24,14 @@ import dask
 import dask.array as da
 import numpy as np
 
-from pipeline.em import DataSummary, reduce_blocks
-from pipeline.gaussian import (
-    MixtureParams,
-    covariances_from_cholesky,
-    precision_cholesky_from_precisions,
-    warn_floored,
-)
-from pipeline.stats import SuffStats, vector_length
+from pipeline.core.params import MixtureParams
+from pipeline.core.stats import SuffStats, vector_length
+from pipeline.engine.graph import reduce_blocks
+from pipeline.engine.summary import DataSummary
+from pipeline.families import get_family, warn_floored
+from pipeline.kernels.cpu import labels_stats, resp_stats
+from pipeline.options import INIT_PARAMS
 
-INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 KMEANS_PARALLEL_ROUNDS = 5
 KMEANS_MAX_ITER = 30
 KMEANS_TOL = 1e-4
@@ -120,7 +118,7 @@ def _lloyd_kernel(block, centres, shift):
 
 def _labels_stats_kernel(block, centres, shift, covariance_type, dtype):
     lab = _nearest(block, centres, shift)[1]
-    return SuffStats.from_labels(block, lab, centres, covariance_type, shift, dtype).to_vector()
+    return labels_stats(block, lab, centres, covariance_type, shift, dtype).to_vector()
 
 
 def _random_resp_stats_kernel(block, centres, shift, covariance_type, dtype, seed, block_id=None):
@@ -132,7 +130,7 @@ def _random_resp_stats_kernel(block, centres, shift, covariance_type, dtype, see
     for a, b in _row_blocks(block.shape[0], k):
         resp = rng.uniform(size=(b - a, k))
         resp /= resp.sum(axis=1, keepdims=True)
-        st = st.merge(SuffStats.from_resp(block[a:b], resp, centres, covariance_type, shift, dtype))
+        st = st.merge(resp_stats(block[a:b], resp, centres, covariance_type, shift, dtype))
     return st.to_vector()
 
 
@@ -263,14 +261,7 @@ def initialize(
     k, d = n_components, summary.n_features
     given = weights_init is not None and means_init is not None and precisions_init is not None
     if given:
-        prec_chol = precision_cholesky_from_precisions(precisions_init, covariance_type)
-        return MixtureParams(
-            np.asarray(weights_init, dtype=np.float64),
-            np.asarray(means_init, dtype=np.float64),
-            covariances_from_cholesky(prec_chol, covariance_type),
-            prec_chol,
-            covariance_type,
-        )
+        return MixtureParams.from_precisions(weights_init, means_init, precisions_init, covariance_type)
     length = vector_length(covariance_type, k, d)
     if init_params == "random" and means_init is None:
         centres = np.repeat(summary.mean[None, :], k, axis=0)
@@ -294,7 +285,8 @@ def initialize(
     if means_init is not None:
         params.means = np.asarray(means_init, dtype=np.float64)
     if precisions_init is not None:
-        params.precisions_cholesky = precision_cholesky_from_precisions(precisions_init, covariance_type)
-        params.covariances = covariances_from_cholesky(params.precisions_cholesky, covariance_type)
+        family = get_family(covariance_type)
+        params.precisions_cholesky = family.precision_cholesky_from_precisions(precisions_init)
+        params.covariances = family.covariances_from_cholesky(params.precisions_cholesky)
     return params
 

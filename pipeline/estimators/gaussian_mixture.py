@@ -1,129 +1,40 @@
 """The :class:`GaussianMixture` estimator: scikit-learn's interface over out-of-core, distributed EM.
 
-``fit`` accepts a NumPy array or a Dask array (read from Zarr with :func:`pipeline.io.open_dataset`,
+``fit`` accepts a NumPy array or a Dask array (read from Zarr with :func:`pipeline.open_dataset`,
 say).  All heavy work runs chunk by chunk on the active Dask scheduler: the threaded scheduler
 by default, or a ``distributed`` cluster when a ``Client`` is active.  For Dask input,
 ``predict``/``predict_proba``/``score_samples`` return lazy Dask arrays with the input's row
 chunks; for NumPy input they return NumPy arrays.
 
 Saved models (:meth:`GaussianMixture.save`) are a ``.npz`` archive of plain arrays plus JSON
-metadata with a SHA-256 checksum of each array: no pickle, loading never executes code.
+metadata with a SHA-256 checksum of each array: no pickle, loading never executes code
+(:mod:`pipeline.estimators.persistence`).
 """
 
 from __future__ import annotations
 
 import inspect
 import numbers
-import os
 import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import dask
 import dask.array as da
 import numpy as np
 
-from pipeline.em import (
-    EMResult,
-    IterationInfo,
-    reduce_blocks,
-    run_em,
-    single_threaded_blas,
-    summarize,
-    warn_not_converged,
-)
-from pipeline.exceptions import DataError, ModelFileError
-from pipeline.gaussian import (
-    COVARIANCE_TYPES,
-    MixtureParams,
-    log_responsibilities,
-    precisions_from_cholesky,
-)
-from pipeline.init import INIT_PARAMS, initialize
-from pipeline.io import auto_chunk_rows
-from pipeline.stats import shifted_blocks
-
-MODEL_FORMAT = "gmm-pipeline-model"
-MODEL_FORMAT_VERSION = 1
-
-
-def _is_dask(X) -> bool:
-    return isinstance(X, da.Array)
-
-
-def check_array(X, name="X", n_features=None, chunk_rows=None) -> tuple[da.Array, bool]:
-    """Validate and wrap input as a row-chunked Dask array; returns (array, input_was_dask).
-
-    Raises DataError for wrong ndim, non-numeric dtype, no rows or features, or a feature count
-    other than ``n_features``.  Values are checked for NaN/inf by the first pass over the data.
-    """
-    was_dask = _is_dask(X)
-    if not was_dask and not isinstance(X, np.ndarray):
-        try:
-            X = np.asarray(X)
-        except Exception as exc:  # ragged lists and the like
-            raise DataError(f"{name} cannot be converted to an array: {exc}") from exc
-    if X.dtype.kind not in "iuf":
-        raise DataError(
-            f"{name} has dtype {X.dtype}; expected a real numeric dtype (float or integer)"
-        )
-    if X.ndim != 2:
-        hint = " (use X.reshape(-1, 1) for a single feature)" if X.ndim == 1 else ""
-        raise DataError(f"{name} must be 2-D (n_samples, n_features); got shape {X.shape}{hint}")
-    if was_dask and any(math_isnan(c) for c in X.chunks[0]):
-        X = X.compute_chunk_sizes()
-    if X.shape[0] == 0:
-        raise DataError(f"{name} has 0 samples (shape {X.shape}); at least one is required")
-    if X.shape[1] == 0:
-        raise DataError(f"{name} has 0 features (shape {X.shape})")
-    if n_features is not None and X.shape[1] != n_features:
-        raise DataError(
-            f"{name} has {X.shape[1]} features, but the GaussianMixture was fitted with {n_features} features"
-        )
-    if not was_dask:
-        if chunk_rows is None or (isinstance(chunk_rows, str) and chunk_rows == "auto"):
-            rows = auto_chunk_rows(X.shape[0], X.shape[1], X.dtype.itemsize)
-        elif isinstance(chunk_rows, (int, np.integer)) and not isinstance(chunk_rows, bool) and chunk_rows >= 1:
-            rows = int(chunk_rows)
-        else:
-            raise ValueError(f"chunk_rows must be None, 'auto' or an integer >= 1, got {chunk_rows!r}")
-        X = da.from_array(X, chunks=(min(rows, X.shape[0]), -1))
-    elif X.numblocks[1] != 1:
-        X = X.rechunk({1: -1})
-    return X, was_dask
-
-
-def math_isnan(v) -> bool:
-    return isinstance(v, float) and v != v
-
-
-def _distributed_client():
-    try:
-        from distributed import default_client
-
-        return default_client()
-    except (ImportError, ValueError):
-        return None
-
-
-@dataclass
-class FitState:
-    """Where a fit is: enough to resume it with the same result as an uninterrupted fit.
-
-    ``init`` is the restart being run, ``params``/``history`` its EM state after the last
-    completed iteration (None/[] before its first), ``rng_state`` the random generator's state
-    after its initialisation, ``best``/``best_init`` the best finished restart so far and
-    ``init_history`` the histories of finished restarts.
-    """
-
-    init: int = 0
-    params: MixtureParams | None = None
-    history: list = field(default_factory=list)
-    rng_state: dict | None = None
-    best: EMResult | None = None
-    best_init: int = 0
-    init_history: list = field(default_factory=list)
+from pipeline.core.params import MixtureParams
+from pipeline.core.state import EMResult, FitState
+from pipeline.engine.em import IterationInfo, run_em, warn_not_converged
+from pipeline.engine.graph import reduce_blocks
+from pipeline.engine.init import initialize
+from pipeline.engine.resources import should_cache, single_threaded_blas
+from pipeline.engine.summary import summarize
+from pipeline.estimators import persistence
+from pipeline.estimators.validation import check_array
+from pipeline.exceptions import DataError
+from pipeline.families import COVARIANCE_TYPES, get_family
+from pipeline.kernels.cpu import labels_block, proba_block, score_block, score_sum_block
+from pipeline.options import CACHE_MODES, DTYPES, INIT_PARAMS, check_chunk_rows
 
 
 class GaussianMixture:
@@ -140,9 +51,9 @@ class GaussianMixture:
         available worker memory), and streams it from its source (e.g. Zarr) every iteration
         otherwise.
     chunk_rows : int, "auto" or None
-        Rows per chunk when a NumPy array is given (Dask arrays keep their chunks); None or
-        "auto": about 64 MiB and at most 262,144 rows per chunk, at least 16 chunks of >= 1 MiB
-        (:func:`pipeline.io.auto_chunk_rows`).
+        Rows per chunk when a NumPy array is given (Dask arrays keep their chunks): "auto"
+        (default) about 64 MiB and at most 262,144 rows per chunk, at least 16 chunks of
+        >= 1 MiB (:func:`pipeline.data.chunking.auto_chunk_rows`); None: one chunk.
     """
 
     def __init__(
@@ -163,7 +74,7 @@ class GaussianMixture:
         verbose_interval=10,
         dtype="float64",
         cache="auto",
-        chunk_rows=None,
+        chunk_rows="auto",
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -231,7 +142,9 @@ class GaussianMixture:
 
         if not integer(self.n_components) or self.n_components < 1:
             err("n_components", "must be an integer >= 1")
-        if self.covariance_type not in COVARIANCE_TYPES:
+        try:
+            get_family(self.covariance_type)
+        except ValueError:
             err("covariance_type", f"must be one of {', '.join(COVARIANCE_TYPES)}")
         if not isinstance(self.tol, numbers.Real) or isinstance(self.tol, bool) or self.tol < 0:
             err("tol", "must be a number >= 0")
@@ -243,10 +156,11 @@ class GaussianMixture:
             err("n_init", "must be an integer >= 1")
         if self.init_params not in INIT_PARAMS:
             err("init_params", f"must be one of {', '.join(INIT_PARAMS)}")
-        if str(self.dtype) not in ("float32", "float64"):
-            err("dtype", "must be 'float32' or 'float64'")
-        if self.cache not in ("auto", "memory", "none"):
-            err("cache", "must be 'auto', 'memory' or 'none'")
+        if str(self.dtype) not in DTYPES:
+            err("dtype", f"must be one of {', '.join(DTYPES)}")
+        if self.cache not in CACHE_MODES:
+            err("cache", f"must be one of {', '.join(CACHE_MODES)}")
+        check_chunk_rows(self.chunk_rows)
         if n_samples < self.n_components:
             raise DataError(
                 f"Expected n_samples >= n_components but got n_components = {self.n_components}, "
@@ -266,9 +180,7 @@ class GaussianMixture:
             if m.shape != (k, d):
                 raise ValueError(f"means_init must have shape ({k}, {d}); got {m.shape}")
         if self.precisions_init is not None:
-            from pipeline.gaussian import covariance_shape
-
-            shape = covariance_shape(self.covariance_type, k, d)
+            shape = get_family(self.covariance_type).covariance_shape(k, d)
             p = np.asarray(self.precisions_init, dtype=np.float64)
             if p.shape != shape:
                 raise ValueError(
@@ -294,12 +206,12 @@ class GaussianMixture:
         """Fit by EM.
 
         callback : called as ``callback(info)`` after every EM iteration with an
-            :class:`pipeline.em.IterationInfo` whose ``state`` (a :class:`FitState`) is enough to
+            :class:`pipeline.engine.em.IterationInfo` whose ``state`` (a :class:`FitState`) is enough to
             resume the fit later (the CLI checkpoints it).
         resume : a :class:`FitState` from such a callback: the fit continues from it, with the
             same result as an uninterrupted fit.
         data_name : what to call the data in error messages (e.g. its path); default "X".
-        summary : the :class:`pipeline.em.DataSummary` of X if the caller already made that pass
+        summary : the :class:`pipeline.engine.summary.DataSummary` of X if the caller already made that pass
             (row count, moments, finiteness check); else the fit makes it.
         """
         with single_threaded_blas():
@@ -373,7 +285,7 @@ class GaussianMixture:
         self.means_ = p.means
         self.covariances_ = p.covariances
         self.precisions_cholesky_ = p.precisions_cholesky
-        self.precisions_ = precisions_from_cholesky(p.precisions_cholesky, p.covariance_type)
+        self.precisions_ = p.family.precisions(p.precisions_cholesky)
         self.converged_ = bool(result.converged)
         self.n_iter_ = int(result.n_iter)
         self.lower_bound_ = float(result.lower_bound)
@@ -402,15 +314,15 @@ class GaussianMixture:
 
     def predict_proba(self, X):
         """Responsibilities (n_samples, n_components) float64."""
-        return self._blockwise(X, _proba_block, self.n_components)
+        return self._blockwise(X, proba_block, self.n_components)
 
     def predict(self, X):
         """Hard labels (n_samples,) int64: the component of highest responsibility."""
-        return self._blockwise(X, _labels_block, None, dtype=np.int64)
+        return self._blockwise(X, labels_block, None, dtype=np.int64)
 
     def score_samples(self, X):
         """log p(x) per sample (n_samples,) float64."""
-        return self._blockwise(X, _score_block, None)
+        return self._blockwise(X, score_block, None)
 
     def score(self, X, y=None):
         """Mean log-likelihood of X (a float), one pass over the data."""
@@ -421,7 +333,7 @@ class GaussianMixture:
         params = self._params()
         Xd, _ = check_array(X, n_features=self.n_features_in_, chunk_rows=self.chunk_rows)
         plan = params.plan(str(self.dtype))
-        total, n = reduce_blocks(Xd, _score_sum_block, 2, dask.delayed(plan, pure=True))
+        total, n = reduce_blocks(Xd, score_sum_block, 2, dask.delayed(plan, pure=True))
         loglik, p = float(total / n), params.n_parameters()
         return {
             "loglik": loglik,
@@ -449,150 +361,20 @@ class GaussianMixture:
         p = self._params()
         rng = np.random.default_rng(random_state if random_state is not None else self.random_state)
         counts = rng.multinomial(n_samples, p.weights / p.weights.sum())
-        d = p.n_features
-        xs = []
-        for k, (mean, c) in enumerate(zip(p.means, counts)):
-            if self.covariance_type == "full":
-                xs.append(rng.multivariate_normal(mean, p.covariances[k], int(c), method="cholesky"))
-            elif self.covariance_type == "tied":
-                xs.append(rng.multivariate_normal(mean, p.covariances, int(c), method="cholesky"))
-            elif self.covariance_type == "diag":
-                xs.append(mean + rng.standard_normal((int(c), d)) * np.sqrt(p.covariances[k]))
-            else:
-                xs.append(mean + rng.standard_normal((int(c), d)) * np.sqrt(p.covariances[k]))
+        xs = p.family.sample(rng, p.means, p.covariances, counts)
         y = np.concatenate([np.full(c, k, dtype=np.int64) for k, c in enumerate(counts)])
         return np.vstack(xs), y
 
     # ------------------------------------------------------------------ persistence
     def save(self, path):
         """Write the fitted model to ``path`` (.npz + JSON metadata, checksummed), atomically."""
-        from pipeline.io import write_archive
-
         self._params()
-        arrays = {
-            "weights": self.weights_,
-            "means": self.means_,
-            "covariances": self.covariances_,
-            "precisions_cholesky": self.precisions_cholesky_,
-            "history": np.asarray(self.history_, dtype=np.float64),
-        }
-        params = {
-            k: _json_value(v)
-            for k, v in self.get_params().items()
-            if k not in ("weights_init", "means_init", "precisions_init")
-        }
-        if not isinstance(params["random_state"], (int, type(None))):
-            params["random_state"] = None  # a Generator/RandomState object has no portable form
-        meta = {
-            "params": params,
-            "attributes": {
-                "converged_": self.converged_,
-                "n_iter_": self.n_iter_,
-                "lower_bound_": self.lower_bound_,
-                "n_features_in_": int(self.n_features_in_),
-            },
-        }
-        return write_archive(path, {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}, meta, MODEL_FORMAT, MODEL_FORMAT_VERSION)
+        return persistence.save_model(self, path)
 
     @classmethod
     def load(cls, path):
         """Read a model written by :meth:`save`; raises ModelFileError if damaged or foreign."""
-        from pipeline.io import read_archive
-
-        files, meta = read_archive(path, MODEL_FORMAT, MODEL_FORMAT_VERSION, error=ModelFileError)
-        try:
-            model = cls(**meta["params"])
-            attrs = meta["attributes"]
-            model.n_features_in_ = int(attrs["n_features_in_"])
-            params = MixtureParams(
-                files["weights"], files["means"], files["covariances"], files["precisions_cholesky"],
-                meta["params"]["covariance_type"],
-            )
-            model._set_fitted(EMResult(params, list(files["history"]), bool(attrs["converged_"]), int(attrs["n_iter_"])))
-            model.lower_bound_ = float(attrs["lower_bound_"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"model file {path} has inconsistent metadata: {exc}") from exc
-        return model
+        return persistence.load_model(cls, path)
 
 
-def should_cache(X: da.Array, mode: str = "auto", was_dask: bool = True) -> bool:
-    """Whether to keep X in (worker) memory between passes: ``mode`` "memory"/"none" decide;
-    "auto" keeps NumPy input (on a cluster: sent to the workers once) and Dask data under a
-    quarter of the workers' (or this host's) memory.
-
-    Streamed data is re-read from its source (e.g. Zarr) on every pass, one chunk at a time per
-    worker thread, so worker memory stays O(chunk + K*D^2) whatever n_samples is.
-    """
-    if mode != "auto":
-        return mode == "memory"
-    client = _distributed_client()
-    if not was_dask:
-        return client is not None
-    return X.nbytes <= _memory_budget(client)
-
-
-def _memory_budget(client) -> float:
-    """Bytes of data we are willing to persist: a quarter of the workers' (or host's) memory."""
-    if client is not None:
-        from pipeline.cluster import worker_memory_limits
-
-        limits = worker_memory_limits(client)
-        if limits and all(limits):
-            return 0.25 * sum(limits)
-    try:
-        import psutil
-
-        return 0.25 * psutil.virtual_memory().available
-    except ImportError:  # pragma: no cover
-        return 0.25 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-
-
-# ---------------------------------------------------------------------- block kernels
-
-
-def _json_value(v):
-    """NumPy scalars and dtypes as plain Python values (e.g. n_components=np.int64(3))."""
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.dtype):
-        return v.name
-    return v
-
-
-def _iter_log_resp(x, plan):
-    for xc in shifted_blocks(x, plan.shift, plan.dtype):
-        lpx, log_resp = log_responsibilities(xc, plan)
-        if not np.all(np.isfinite(lpx)):
-            raise DataError(
-                f"{int(np.count_nonzero(~np.isfinite(lpx)))} rows to predict have NaN/inf values "
-                "(or values too large for the model's dtype); remove or impute them first"
-            )
-        yield lpx, log_resp
-
-
-def _proba_block(x, plan):
-    out = np.empty((x.shape[0], plan.n_components))  # filled block by block: no second copy
-    start = 0
-    for _, lr in _iter_log_resp(x, plan):
-        np.exp(lr, out=out[start : start + lr.shape[0]])
-        start += lr.shape[0]
-    return out
-
-
-def _labels_block(x, plan):
-    if x.shape[0] == 0:
-        return np.empty((0,), dtype=np.int64)
-    return np.concatenate([lr.argmax(axis=1) for _, lr in _iter_log_resp(x, plan)]).astype(np.int64)
-
-
-def _score_block(x, plan):
-    if x.shape[0] == 0:
-        return np.empty((0,))
-    return np.concatenate([lpx for lpx, _ in _iter_log_resp(x, plan)])
-
-
-def _score_sum_block(x, plan):
-    return np.array([_score_block(x, plan).sum(), x.shape[0]])
-
-
-__all__ = ["GaussianMixture", "FitState", "check_array"]
+__all__ = ["GaussianMixture"]

@@ -1,0 +1,1 @@
+"""The application: YAML config, cluster, runner, report, plots and the gmm-pipeline command."""

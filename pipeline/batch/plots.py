@@ -1,0 +1,93 @@
+"""The run's plots (PNG, needs matplotlib): log-likelihood per iteration, a 2-D view of the
+clusters with 2-sigma ellipses, and BIC per candidate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.families import get_family
+from pipeline.storage.atomic import atomic_write_bytes
+
+PLOT_SAMPLE = 5000
+
+
+def _sample_rows(X, m, seed=0):
+    n = X.shape[0]
+    if n <= m:
+        return np.asarray(X.compute(), dtype=np.float64)
+    idx = np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
+    return np.asarray(X[idx].compute(), dtype=np.float64)
+
+
+def _full_covariances(model):
+    k, d = model.means_.shape
+    return get_family(model.covariance_type).full_covariances(model.covariances_, k, d)
+
+
+def write_plots(directory: Path, model, X, results, best) -> list[Path]:
+    """loglik.png, clusters.png (2-D view with 2-sigma ellipses), bic.png (several candidates)."""
+    import io as _io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Ellipse
+
+    written = []
+
+    def save(fig, name):
+        buf = _io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append(atomic_write_bytes(directory / name, buf.getvalue()))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in results:
+        ax.plot(np.arange(1, len(r["history"]) + 1), r["history"], marker=".", label=r["name"],
+                lw=2.5 if r is best else 1)
+    ax.set_xlabel("EM iteration")
+    ax.set_ylabel("mean log-likelihood")
+    ax.set_title("Log-likelihood per iteration")
+    ax.legend(fontsize=8)
+    save(fig, "loglik.png")
+
+    sample = _sample_rows(X, PLOT_SAMPLE)
+    labels = model.predict(sample)
+    centre = sample.mean(axis=0)
+    if sample.shape[1] >= 2:
+        _, _, vt = np.linalg.svd(sample - centre, full_matrices=False)
+        axes = vt[:2].T  # (D, 2) first two principal axes
+    else:
+        axes = np.array([[1.0, 0.0]])
+    proj = (sample - centre) @ axes
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.scatter(proj[:, 0], proj[:, 1] if proj.shape[1] > 1 else np.zeros(len(proj)), c=labels, s=3,
+               cmap="tab10", alpha=0.5)
+    covs = _full_covariances(model)
+    for k in range(model.n_components):
+        m2 = (model.means_[k] - centre) @ axes
+        c2 = axes.T @ covs[k] @ axes
+        vals, vecs = np.linalg.eigh(c2)
+        vals = np.maximum(vals, 0)
+        angle = np.degrees(np.arctan2(vecs[1, 1], vecs[0, 1]))
+        ax.add_patch(Ellipse(m2, 2 * 2 * np.sqrt(vals[1]), 2 * 2 * np.sqrt(vals[0]), angle=angle,
+                             fill=False, lw=1.5, color="black"))
+        ax.plot(*m2, "k+")
+    ax.set_xlabel("principal axis 1")
+    ax.set_ylabel("principal axis 2")
+    ax.set_title(f"{best['name']}: sample of {len(sample):,} points, 2-sigma ellipses")
+    save(fig, "clusters.png")
+
+    if len(results) > 1:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        names = [r["name"] for r in results]
+        ax.bar(range(len(results)), [r["bic"] for r in results],
+               color=["tab:red" if r is best else "tab:blue" for r in results])
+        ax.set_xticks(range(len(results)), names, rotation=45, ha="right")
+        ax.set_ylabel("BIC (lower is better)")
+        ax.set_title("BIC per candidate")
+        save(fig, "bic.png")
+    return written

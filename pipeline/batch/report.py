@@ -1,0 +1,96 @@
+"""The run report (``report.json``, ``report.md``) and plots (PNG, needs matplotlib)."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.storage.atomic import atomic_write_text
+
+
+def build_report(cfg, X, results, best, timings, cluster_info, fingerprints) -> dict:
+    model = best["model"]
+    return {
+        "config": cfg.to_dict(),
+        "config_file": cfg.source,
+        "data": {
+            "path": cfg.data.path,
+            "shape": list(X.shape),
+            "dtype": str(X.dtype),
+            "row_chunk": int(X.chunks[0][0]),
+            "n_chunks": len(X.chunks[0]),
+            "nbytes": int(X.nbytes),
+            "fingerprint": fingerprints["data"],
+        },
+        "cluster": cluster_info,
+        "candidates": [{k: v for k, v in r.items() if k != "model"} for r in results],
+        "selected": {
+            "name": best["name"],
+            "n_components": best["n_components"],
+            "covariance_type": best["covariance_type"],
+            "loglik": best["loglik"],
+            "bic": best["bic"],
+            "aic": best["aic"],
+            "n_iter": best["n_iter"],
+            "converged": best["converged"],
+            "weights": model.weights_.tolist(),
+            "means": model.means_.tolist(),
+        },
+        "history": best["history"],
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+        "versions": versions(),
+    }
+
+
+def write_report(directory: Path, report: dict) -> None:
+    atomic_write_text(directory / "report.json", json.dumps(report, indent=2, default=_jsonable))
+    atomic_write_text(directory / "report.md", report_markdown(report))
+
+
+def _jsonable(v):
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return str(v)
+
+
+def report_markdown(r: dict) -> str:
+    sel = r["selected"]
+    lines = [
+        "# gmm-pipeline run report",
+        "",
+        f"- config: `{r['config_file']}`",
+        f"- data: `{r['data']['path']}`, {r['data']['shape'][0]:,} x {r['data']['shape'][1]} "
+        f"{r['data']['dtype']}, {r['data']['n_chunks']} chunks of {r['data']['row_chunk']:,} rows",
+        f"- selected model: **{sel['name']}**, mean log-likelihood {sel['loglik']:.6f}, BIC {sel['bic']:.6g}, "
+        f"{sel['n_iter']} iterations, converged: {sel['converged']}",
+        f"- time: {r['timings'].get('total_s', float('nan')):.1f} s in all, fitting {r['timings'].get('fit_s', float('nan')):.1f} s",
+        "",
+        "| candidate | log-likelihood | BIC | AIC | iterations | converged | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in r["candidates"]:
+        lines.append(
+            f"| {c['name']} | {c['loglik']:.6f} | {c['bic']:.6g} | {c['aic']:.6g} | {c['n_iter']} | "
+            f"{c['converged']} | {c['seconds']:.1f} |"
+        )
+    lines += ["", "Component weights of the selected model: " + ", ".join(f"{w:.4f}" for w in sel["weights"]), ""]
+    return "\n".join(lines)
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("gmm-pipeline", "numpy", "scipy", "dask", "distributed", "zarr", "pyyaml", "scikit-learn"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out

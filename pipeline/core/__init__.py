@@ -1,0 +1,1 @@
+"""Driver-side NumPy between passes: parameters, E-step plan, statistics algebra, updaters."""

@@ -1,0 +1,37 @@
+"""Updaters: what EM does with the reduced statistics of a pass.
+
+The EM loop (:func:`pipeline.engine.em.run_em`) makes a pass, hands the totals to its updater
+and gets back new parameters and the objective it tracks.  Maximum likelihood is the only one
+today; a variational (Bayesian) or incremental variant is another class with the same two
+methods, not an edit of the loop (scikit-learn's ``BayesianGaussianMixture`` reuses its EM loop
+the same way through ``_m_step``/``_compute_lower_bound``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.core.params import MixtureParams
+from pipeline.core.stats import SuffStats
+
+
+@dataclass(frozen=True)
+class MaximumLikelihood:
+    """The maximum-likelihood M step; the objective is the mean log-likelihood.
+
+    ``reg_covar`` is added to every covariance's diagonal; ``scale`` (a typical variance of the
+    data) sizes the floor of collapsed components.  ``floor=False`` makes a covariance that is
+    not positive definite an error (:class:`pipeline.exceptions.CovarianceError`) instead.
+    """
+
+    reg_covar: float = 1e-6
+    scale: float = 1.0
+    floor: bool = True
+
+    def lower_bound(self, stats: SuffStats) -> float:
+        """The objective of the parameters that made ``stats`` (before their update)."""
+        return stats.mean_loglik
+
+    def m_step(self, stats: SuffStats) -> tuple[MixtureParams, list[int]]:
+        """(new parameters, indices of floored components)."""
+        return stats.m_step(self.reg_covar, self.scale, floor=self.floor)

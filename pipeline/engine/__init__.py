@@ -1,0 +1,1 @@
+"""Passes over the data with Dask: graphs, summary, EM loop, initialisation, resources."""

@@ -1,0 +1,129 @@
+"""The EM loop over a row-chunked Dask array: one pass per iteration, the M step on the driver.
+
+Per iteration the graph is one task per chunk (E step and partial statistics:
+:func:`pipeline.kernels.cpu.chunk_stats`) plus a tree of sums over the flat statistics vectors
+(:func:`pipeline.engine.graph.reduce_blocks`); the driver receives one float64 vector of
+O(K*D^2) numbers and hands it to the updater (:mod:`pipeline.core.updaters`: the M step and
+the objective).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import dask
+import dask.array as da
+
+from pipeline.core.params import MixtureParams
+from pipeline.core.state import EMResult
+from pipeline.core.stats import SuffStats, vector_length
+from pipeline.core.updaters import MaximumLikelihood
+from pipeline.engine.graph import reduce_blocks
+from pipeline.engine.summary import summarize
+from pipeline.exceptions import ConvergenceWarning, DataError
+from pipeline.families import warn_floored
+from pipeline.kernels.cpu import chunk_stats
+
+
+def _em_kernel(block, plan, centres, covariance_type):
+    return chunk_stats(block, plan, centres, covariance_type).to_vector()
+
+
+def e_step_stats(X: da.Array, params: MixtureParams, dtype="float64") -> SuffStats:
+    """One pass: E step on every chunk and the reduced statistics, centred at the current means."""
+    plan = params.plan(dtype)
+    vec = reduce_blocks(
+        X,
+        _em_kernel,
+        vector_length(params.covariance_type, params.n_components, params.n_features),
+        dask.delayed(plan, pure=True),
+        dask.delayed(params.means, pure=True),
+        params.covariance_type,
+    )
+    return SuffStats.from_vector(vec, params.means, params.covariance_type)
+
+
+@dataclass
+class IterationInfo:
+    """What the per-iteration callback receives."""
+
+    n_iter: int
+    mean_loglik: float
+    change: float
+    seconds: float
+    rows_per_second: float
+    params: MixtureParams
+    history: list = field(default_factory=list)
+    state: object = None  # the estimator's FitState, set by GaussianMixture before user callbacks
+
+
+def run_em(
+    X: da.Array,
+    params: MixtureParams,
+    *,
+    tol: float,
+    max_iter: int,
+    reg_covar: float = 1e-6,
+    dtype: str = "float64",
+    scale: float = 1.0,
+    history=None,
+    callback: Callable[[IterationInfo], None] | None = None,
+    name: str = "data",
+    updater=None,
+) -> EMResult:
+    """EM from ``params`` until ``|change of the objective| < tol`` or ``max_iter``.
+
+    ``updater`` turns each pass's statistics into new parameters and the objective
+    (default: :class:`pipeline.core.updaters.MaximumLikelihood` with ``reg_covar`` and
+    ``scale``; the objective is then the mean log-likelihood).
+
+    ``history`` (mean log-likelihoods of earlier iterations) resumes an interrupted run: the
+    iteration count continues from ``len(history)``.  The mean log-likelihood of iteration i is
+    computed under the parameters before its M step (as scikit-learn's ``lower_bounds_``).
+    """
+    if updater is None:
+        updater = MaximumLikelihood(reg_covar, scale)
+    history = list(history or [])
+    lower_bound = history[-1] if history else -math.inf
+    converged = False
+    n_iter = len(history)
+    if history and len(history) >= 2 and abs(history[-1] - history[-2]) < tol:
+        return EMResult(params, history, True, n_iter)
+    for n_iter in range(len(history) + 1, max_iter + 1):
+        t0 = time.perf_counter()
+        st = e_step_stats(X, params, dtype)
+        if st.n_nonfinite:
+            summarize(X, name)  # names the chunks holding NaN/inf, if that is the cause; raises
+            raise DataError(
+                f"{name}: {int(st.n_nonfinite)} rows have a non-finite log-likelihood although their "
+                f"values are finite: values too large for the compute dtype {dtype}? Use dtype float64 "
+                "or rescale the data"
+            )
+        mean_ll = updater.lower_bound(st)
+        params, floored = updater.m_step(st)
+        warn_floored(floored, f"M step of iteration {n_iter}")
+        history.append(mean_ll)
+        change = mean_ll - lower_bound
+        lower_bound = mean_ll
+        seconds = time.perf_counter() - t0
+        if callback is not None:
+            callback(IterationInfo(n_iter, mean_ll, change, seconds, st.n / seconds, params, history))
+        if abs(change) < tol:
+            converged = True
+            break
+    return EMResult(params, history, converged, n_iter)
+
+
+def warn_not_converged(result: EMResult, max_iter: int) -> None:
+    if not result.converged and max_iter > 0:
+        warnings.warn(
+            f"EM did not converge in max_iter={max_iter} iterations (last change of the mean "
+            f"log-likelihood {result.history[-1] - result.history[-2] if len(result.history) > 1 else float('nan'):.3g}). "
+            "Increase max_iter or tol, try other initial parameters, or check for degenerate data.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )

@@ -1,0 +1,1 @@
+"""scikit-learn-facing estimators: GaussianMixture, input validation, persistence."""

@@ -1,0 +1,145 @@
+"""Saved models and checkpoints: checksummed ``.npz`` archives of plain arrays + JSON, no pickle.
+
+Models (:func:`save_model`/:func:`load_model`, behind ``GaussianMixture.save``/``load``) hold the
+fitted parameters, the estimator's parameters and its scalar fitted attributes.  Checkpoints
+(:func:`save_checkpoint`/:func:`load_checkpoint`) hold a :class:`pipeline.core.state.FitState`,
+written atomically by the run driver every ``checkpoint.every`` EM iterations; ``gmm-pipeline
+run CONFIG --resume`` reads it back.  The archive holds only numeric arrays and JSON (the
+random generator's state included), never pickle.  ``meta`` carries what the caller needs to
+refuse a checkpoint of another run (config and data fingerprints).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.core.params import MixtureParams
+from pipeline.core.state import EMResult, FitState
+from pipeline.exceptions import CheckpointError, ModelFileError
+from pipeline.storage.archive import read_archive, write_archive
+
+MODEL_FORMAT = "gmm-pipeline-model"
+MODEL_FORMAT_VERSION = 1
+
+
+def _json_value(v):
+    """NumPy scalars and dtypes as plain Python values (e.g. n_components=np.int64(3))."""
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.dtype):
+        return v.name
+    return v
+
+
+def save_model(model, path) -> Path:
+    """Write a fitted estimator to ``path`` (.npz + JSON metadata, checksummed), atomically."""
+    arrays = {
+        "weights": model.weights_,
+        "means": model.means_,
+        "covariances": model.covariances_,
+        "precisions_cholesky": model.precisions_cholesky_,
+        "history": np.asarray(model.history_, dtype=np.float64),
+    }
+    params = {
+        k: _json_value(v)
+        for k, v in model.get_params().items()
+        if k not in ("weights_init", "means_init", "precisions_init")
+    }
+    if not isinstance(params["random_state"], (int, type(None))):
+        params["random_state"] = None  # a Generator/RandomState object has no portable form
+    meta = {
+        "params": params,
+        "attributes": {
+            "converged_": model.converged_,
+            "n_iter_": model.n_iter_,
+            "lower_bound_": model.lower_bound_,
+            "n_features_in_": int(model.n_features_in_),
+        },
+    }
+    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
+    return write_archive(path, arrays, meta, MODEL_FORMAT, MODEL_FORMAT_VERSION)
+
+
+def load_model(cls, path):
+    """Read a model written by :func:`save_model` as an instance of ``cls``; raises
+    ModelFileError if damaged or foreign."""
+    files, meta = read_archive(path, MODEL_FORMAT, MODEL_FORMAT_VERSION, error=ModelFileError)
+    try:
+        model = cls(**meta["params"])
+        attrs = meta["attributes"]
+        model.n_features_in_ = int(attrs["n_features_in_"])
+        params = MixtureParams(
+            files["weights"], files["means"], files["covariances"], files["precisions_cholesky"],
+            meta["params"]["covariance_type"],
+        )
+        model._set_fitted(EMResult(params, list(files["history"]), bool(attrs["converged_"]), int(attrs["n_iter_"])))
+        model.lower_bound_ = float(attrs["lower_bound_"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"model file {path} has inconsistent metadata: {exc}") from exc
+    return model
+
+
+CHECKPOINT_FORMAT = "gmm-pipeline-checkpoint"
+CHECKPOINT_VERSION = 1
+_PARAM_ARRAYS = ("weights", "means", "covariances", "precisions_cholesky")
+
+
+def _put_params(arrays: dict, prefix: str, p: MixtureParams) -> None:
+    for name in _PARAM_ARRAYS:
+        arrays[f"{prefix}.{name}"] = np.asarray(getattr(p, name), dtype=np.float64)
+
+
+def _get_params(arrays: dict, prefix: str, covariance_type: str) -> MixtureParams:
+    return MixtureParams(*(arrays[f"{prefix}.{n}"] for n in _PARAM_ARRAYS), covariance_type)
+
+
+def save_checkpoint(path, state, meta: dict) -> Path:
+    """Write ``state`` (a FitState) and JSON-able ``meta`` to ``path`` atomically."""
+    arrays: dict = {}
+    info = {
+        "init": state.init,
+        "history": [float(v) for v in state.history],
+        "rng_state": state.rng_state,
+        "best_init": state.best_init,
+        "init_history": [[float(v) for v in h] for h in state.init_history],
+        "has_params": state.params is not None,
+        "best": None,
+    }
+    ct = None
+    if state.params is not None:
+        _put_params(arrays, "params", state.params)
+        ct = state.params.covariance_type
+    if state.best is not None:
+        _put_params(arrays, "best", state.best.params)
+        ct = state.best.params.covariance_type
+        info["best"] = {
+            "history": [float(v) for v in state.best.history],
+            "converged": bool(state.best.converged),
+            "n_iter": int(state.best.n_iter),
+        }
+    info["covariance_type"] = ct
+    return write_archive(path, arrays, {**meta, "state": info}, CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
+
+
+def load_checkpoint(path):
+    """Read a checkpoint: returns (FitState, meta).  Raises CheckpointError if unusable."""
+    arrays, meta = read_archive(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, error=CheckpointError)
+    try:
+        info = meta.pop("state")
+        ct = info["covariance_type"]
+        state = FitState(
+            init=int(info["init"]),
+            params=_get_params(arrays, "params", ct) if info["has_params"] else None,
+            history=list(info["history"]),
+            rng_state=info["rng_state"],
+            best_init=int(info["best_init"]),
+            init_history=[list(h) for h in info["init_history"]],
+        )
+        if info["best"] is not None:
+            b = info["best"]
+            state.best = EMResult(_get_params(arrays, "best", ct), list(b["history"]), bool(b["converged"]), int(b["n_iter"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} has inconsistent contents: {exc}") from exc
+    return state, meta

@@ -1,0 +1,1 @@
+"""Per-chunk NumPy kernels run on the workers."""

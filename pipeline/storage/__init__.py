@@ -1,0 +1,1 @@
+"""Nothing lost: atomic writes and checksummed archives."""
