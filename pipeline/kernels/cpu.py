@@ -101,7 +101,7 @@ def weighted_log_prob(xc: np.ndarray, plan: EStepPlan) -> np.ndarray:
 
     The (K, B) layout makes the per-row max/sum over components of the responsibilities
     elementwise operations between rows of length B (5x faster than reducing rows of length K).
-    xc : (B, D) in the plan's dtype.  (The E step's hot loop, ``SuffStats._add_features_chunk``,
+    xc : (B, D) in the plan's dtype.  (The E step's hot loop, :func:`_add_features_chunk`,
     computes the features kernels' log-densities itself, in reused buffers.)
     """
     if plan.kind == "centred":
