@@ -156,6 +156,15 @@ class CovarianceFamily:
         jitter growing from ``max(reg_covar, 1e-10 * scale)`` by factors of 10; ``scale`` is a
         typical variance of the data.  Healthy components are untouched.
         """
+        try:
+            return covariances, self.precision_cholesky(covariances), []
+        except CovarianceError:
+            pass
+        base = max(float(reg_covar), 1e-10 * float(scale), np.finfo(np.float64).tiny)
+        return self._floor_collapsed(np.array(covariances, dtype=np.float64, copy=True), base)
+
+    def _floor_collapsed(self, covariances: np.ndarray, base: float):
+        """:meth:`floor` once the factorisation failed: ``covariances`` is a copy to edit."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ sampling
@@ -213,13 +222,7 @@ class EllipsoidalFamily(CovarianceFamily):
     def full_covariances(self, covariances, n_components, n_features):
         return np.broadcast_to(self._matrices(covariances), (n_components, n_features, n_features))
 
-    def floor(self, covariances, scale, reg_covar):
-        try:
-            return covariances, self.precision_cholesky(covariances), []
-        except CovarianceError:
-            pass
-        covariances = np.array(covariances, dtype=np.float64, copy=True)
-        base = max(float(reg_covar), 1e-10 * float(scale), np.finfo(np.float64).tiny)
+    def _floor_collapsed(self, covariances, base):
         mats = self._matrices(covariances)
         chols, floored = [], []
         for k, cov in enumerate(mats):
@@ -267,13 +270,7 @@ class AxisAlignedFamily(CovarianceFamily):
     def component_cholesky(self, prec_chol, n_components, n_features):
         return np.stack([np.diag(np.sqrt(p)) for p in self.plan_precisions(prec_chol, n_components, n_features)])
 
-    def floor(self, covariances, scale, reg_covar):
-        try:
-            return covariances, self.precision_cholesky(covariances), []
-        except CovarianceError:
-            pass
-        covariances = np.array(covariances, dtype=np.float64, copy=True)
-        base = max(float(reg_covar), 1e-10 * float(scale), np.finfo(np.float64).tiny)
+    def _floor_collapsed(self, covariances, base):
         bad = ~np.isfinite(covariances) | (covariances <= 0.0)
         covariances[bad] = base
         floored = sorted(set(np.nonzero(bad)[0].tolist()))
