@@ -1,0 +1,238 @@
+"""Zarr in and out: lazy reading as a row-chunked Dask array, atomic writing of Dask arrays.
+
+Reading
+-------
+:func:`open_dataset` returns a *lazy* ``dask.array.Array`` of shape ``(n_samples, n_features)``
+built with ``dask.array.from_zarr`` on the **absolute** path of the store: the graph holds a
+``zarr.Array`` whose ``LocalStore`` root is absolute, so it pickles small (~1 kB) and each
+distributed worker process re-opens the store and reads only its own chunks.  Workers must
+therefore see the same path (shared filesystem, or a URL such as ``s3://...``).  Nothing is read
+on the driver but the metadata.  Rows are re-chunked at read time to ``chunk_rows`` (features are
+never split); integer data is returned as stored (cast it where the numerics need floats).
+``chunk_rows="auto"`` (the default) picks whole stored chunks adding up to about 64 MiB and at
+most 262,144 rows, but at least 16 Dask chunks of 1 MiB or more (a stored chunk larger than
+that is one Dask chunk; :func:`pipeline.data.chunking.auto_chunk_rows`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from pipeline.data.chunking import resolve_chunk_rows
+from pipeline.data.synthetic import generate_mixture
+from pipeline.exceptions import DataError, OutputExistsError
+from pipeline.storage.atomic import location, publish_dir, tmp_sibling
+
+#: dtype kinds accepted as data: signed/unsigned integers and floats
+_NUMERIC_KINDS = "iuf"
+
+
+def open_dataset(
+    path: str | os.PathLike, array: str | None = None, chunk_rows: int | str | None = None
+) -> da.Array:
+    """Lazily open a 2-D numeric Zarr (v2 or v3) array as a Dask array.
+
+    Parameters
+    ----------
+    path : a Zarr array, or a Zarr group holding the array.
+    array : name of the array inside a group.  If None and ``path`` is a group, the array named
+        ``"X"`` is used, else the group's only 2-D array.
+    chunk_rows : rows per Dask chunk; None keeps the store's row chunks (its shards if sharded);
+        "auto" takes whole stored chunks (inner chunks if sharded) adding up to about 64 MiB and
+        at most 262,144 rows, at least 16 Dask chunks of >= 1 MiB (:func:`pipeline.data.chunking.auto_chunk_rows`).
+
+    Returns
+    -------
+    X : dask array (n_samples, n_features), the stored dtype (integer or float); chunks are
+        ``(chunk_rows, n_features)``: features are never split.
+
+    Raises
+    ------
+    DataError
+        The path is missing or not Zarr, the array is not found, not 2-D, not numeric
+        (bool, complex, strings, objects) or has zero rows or columns.
+    """
+    where = location(path)
+    if "://" not in where and not os.path.exists(where):
+        raise DataError(
+            f"data path {where} does not exist; set data.generate in the config to create "
+            f"synthetic demo data there, or convert a .npy/.csv file with gmm-pipeline convert"
+        )
+    try:
+        node = zarr.open(where, mode="r")
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{where} is not a Zarr array or group: {exc}") from exc
+
+    if isinstance(node, zarr.Group):
+        name = _pick_array(node, array, where)
+        z = node[name]
+        label = f"{where} (array '{name}')"
+    else:
+        if array is not None:
+            raise DataError(
+                f"{where} is a single Zarr array, not a group, so data.array: {array!r} cannot "
+                f"be looked up in it; remove data.array"
+            )
+        name, z, label = None, node, where
+
+    check_shape_dtype(z.shape, z.dtype, label)
+    n_features = z.shape[1]
+    try:
+        rows = resolve_chunk_rows(chunk_rows, z.shape[0], n_features, z.dtype.itemsize,
+                                  source_rows=(getattr(z, "shards", None) or z.chunks)[0], multiple=z.chunks[0])
+    except ValueError as exc:
+        raise DataError(f"{label}: {exc}") from None
+    return da.from_zarr(where, component=name, chunks=(rows, n_features))
+
+
+def dataset_from_config(data: Any) -> da.Array:
+    """Open ``data.path`` as :func:`open_dataset` does, first generating it if asked to.
+
+    ``data`` is a :class:`pipeline.batch.config.DataConfig`; when ``data.generate`` is set and
+    ``data.path`` does not exist, :func:`generate_mixture` creates it there.
+    """
+    if data.generate is not None and not os.path.exists(location(data.path)):
+        g = data.generate
+        generate_mixture(
+            data.path,
+            n_samples=g.n_samples,
+            n_features=g.n_features,
+            n_components=g.n_components,
+            seed=g.seed,
+            chunk_rows=g.chunk_rows,
+            dtype=g.dtype,
+            separation=g.separation,
+        )
+    return open_dataset(data.path, array=data.array, chunk_rows=data.chunk_rows)
+
+
+def location(path: str | os.PathLike) -> str:
+    p = os.fspath(path)
+    return p if "://" in p else os.path.abspath(os.path.expanduser(p))
+
+
+def _pick_array(group: zarr.Group, array: str | None, where: str) -> str:
+    arrays = {name: a for name, a in group.arrays()}
+    listing = ", ".join(f"'{n}' {a.shape} {a.dtype}" for n, a in sorted(arrays.items()))
+    listing = listing or "none"
+    if array is not None:
+        try:
+            node = group[array]
+        except KeyError:
+            raise DataError(
+                f"{where} has no array named '{array}'; its arrays are: {listing}. "
+                f"Set data.array to one of them"
+            ) from None
+        if not isinstance(node, zarr.Array):
+            raise DataError(f"{where}: '{array}' is a group, not an array; arrays: {listing}")
+        return array
+    if "X" in arrays:
+        return "X"
+    two_d = [n for n, a in arrays.items() if a.ndim == 2]
+    if len(two_d) == 1:
+        return two_d[0]
+    raise DataError(
+        f"{where} is a Zarr group with {len(two_d)} 2-D arrays and none named 'X'; set "
+        f"data.array to the one to fit. Arrays: {listing}"
+    )
+
+
+def check_shape_dtype(shape: tuple[int, ...], dtype: Any, label: str) -> None:
+    """Raise DataError unless ``shape`` is 2-D and non-empty and ``dtype`` integer or float."""
+    if len(shape) != 2:
+        hint = ""
+        if len(shape) == 1:
+            hint = (
+                f"; a single feature must be stored as a column: reshape to ({shape[0]}, 1) "
+                f"(e.g. x.reshape(-1, 1))"
+            )
+        elif len(shape) > 2:
+            hint = f"; flatten the trailing axes, e.g. x.reshape({shape[0]}, -1)"
+        raise DataError(
+            f"{label}: expected a 2-D array (n_samples, n_features), got shape {shape}{hint}"
+        )
+    dtype = np.dtype(dtype)
+    if dtype.kind not in _NUMERIC_KINDS:
+        raise DataError(
+            f"{label}: dtype {dtype} is not numeric; accepted are integer and floating-point "
+            f"dtypes (not bool, complex, strings or objects). Convert the data first"
+        )
+    if shape[0] == 0 or shape[1] == 0:
+        raise DataError(
+            f"{label}: the array is empty, shape {shape}; need at least one row and one feature"
+        )
+
+
+
+def _regular_chunks(chunks: tuple[tuple[int, ...], ...]) -> bool:
+    """True if every chunk along each axis has the same size except possibly the last."""
+    return all(len(set(c[:-1])) <= 1 and (len(c) < 2 or c[-1] <= c[0]) for c in chunks)
+
+
+def write_array_zarr(
+    x: da.Array | np.ndarray,
+    path: str | os.PathLike,
+    name: str | None = None,
+    overwrite: bool = True,
+) -> Path:
+    """Store a Dask array as a new Zarr v3 array, computing its chunks in parallel.
+
+    Parameters
+    ----------
+    x : the array; its chunks become the Zarr chunks (NumPy input is one chunk).  Zarr needs
+        regular chunks (all equal but the last): irregular ones are rechunked to their per-axis
+        maximum first.
+    path : the Zarr array to write if ``name`` is None; else a Zarr group (created, as v3, if
+        missing) that receives the array ``name`` in the group's own Zarr format.
+    overwrite : replace an existing array at the destination (atomically).  Otherwise raise
+        :class:`OutputExistsError`.
+
+    The chunks are computed on the active Dask scheduler (the distributed Client if one is
+    registered), and each worker writes its chunks directly to a temporary store next to the
+    destination, which is renamed into place when all are written: with a multi-machine cluster,
+    ``path`` must be on a filesystem shared by the workers.
+
+    Returns
+    -------
+    The absolute path of the written array.
+    """
+    if not isinstance(x, da.Array):
+        x = np.asarray(x)
+        x = da.from_array(x, chunks=tuple(max(s, 1) for s in x.shape) or ())
+    if not _regular_chunks(x.chunks):
+        x = x.rechunk(tuple(max(c) for c in x.chunks))
+    root = Path(location(path))
+    zarr_format = 3
+    if name is None:
+        final = root
+        tmp_tag = root.name
+    else:
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"write_array_zarr: bad array name {name!r}")
+        if root.exists() and not (root / "zarr.json").exists() and not (root / ".zgroup").exists():
+            raise DataError(f"{root} exists but is not a Zarr group; cannot add array '{name}'")
+        # the new member must have the group's format (v2 groups do not list v3 arrays)
+        zarr_format = zarr.open_group(root, mode="a").metadata.zarr_format
+        final = root / name
+        tmp_tag = f"{root.name}.{name}"
+    if os.path.lexists(final) and not overwrite:
+        raise OutputExistsError(f"{final} already exists; pass overwrite=True to replace it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # a sibling of the group (not inside it), so the group never lists a half-written member
+    tmp = tmp_sibling(root, tag=tmp_tag)
+    try:
+        da.to_zarr(x, str(tmp), mode="w-", zarr_format=zarr_format)
+        publish_dir(tmp, final, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
