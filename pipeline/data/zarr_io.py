@@ -113,11 +113,6 @@ def dataset_from_config(data: Any) -> da.Array:
     return open_dataset(data.path, array=data.array, chunk_rows=data.chunk_rows)
 
 
-def location(path: str | os.PathLike) -> str:
-    p = os.fspath(path)
-    return p if "://" in p else os.path.abspath(os.path.expanduser(p))
-
-
 def _pick_array(group: zarr.Group, array: str | None, where: str) -> str:
     arrays = {name: a for name, a in group.arrays()}
     listing = ", ".join(f"'{n}' {a.shape} {a.dtype}" for n, a in sorted(arrays.items()))
