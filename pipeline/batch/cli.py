@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.exceptions import ConfigError, GMMPipelineError
@@ -83,12 +85,43 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _handler(stream, level: int, below: int | None = None) -> logging.Handler:
+    """Bare messages on ``stream``, flushed after each line, from ``level`` up (to ``below``)."""
+    h = logging.StreamHandler(stream)
+    h.setLevel(level)
+    h.setFormatter(logging.Formatter("%(message)s"))
+    if below is not None:
+        h.addFilter(lambda record: record.levelno < below)
+    return h
+
+
+@contextmanager
+def console_logging(quiet: bool = False):
+    """Print the package's log (logger "pipeline") while the command runs: INFO lines (progress)
+    on stdout, none with --quiet; warnings and errors on stderr.  Installed for one ``main()``
+    call and removed after it, so calling main() again in one process never doubles a line."""
+    logger = logging.getLogger("pipeline")
+    handlers = [] if quiet else [_handler(sys.stdout, logging.INFO, below=logging.WARNING)]
+    handlers.append(_handler(sys.stderr, logging.WARNING))
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    for h in handlers:
+        logger.addHandler(h)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            logger.removeHandler(h)
+        logger.setLevel(level)
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "generate": _generate, "convert": _convert, "predict": _predict, "info": _info}[
-            args.command
-        ](args)
+        with console_logging(quiet=getattr(args, "quiet", False)):
+            return {"run": _run, "generate": _generate, "convert": _convert, "predict": _predict, "info": _info}[
+                args.command
+            ](args)
     except KeyboardInterrupt:
         print("gmm-pipeline: interrupted", file=sys.stderr)
         return 130
@@ -105,10 +138,10 @@ def main(argv=None) -> int:
 
 def _run(args) -> int:
     from pipeline.batch.config import load_config
-    from pipeline.batch.runner import Printer, run
+    from pipeline.batch.runner import run
 
     cfg = load_config(args.config, args.overrides)
-    result = run(cfg, resume=args.resume, printer=Printer(quiet=args.quiet))
+    result = run(cfg, resume=args.resume)
     sel = result.report["selected"]
     print(f"done: {sel['name']} mean log-likelihood {sel['loglik']:.6f} -> {result.out_dir}", flush=True)
     return 0

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
-import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -45,6 +45,9 @@ PROGRESS_NAME = "progress.json"
 #: config sections that may differ between a run and its resumption
 _RESUME_IGNORES = ("cluster", "output", "checkpoint")
 
+#: progress lines (INFO) under the package's logger "pipeline"; the command prints them on stdout
+logger = logging.getLogger(__name__)
+
 
 def staging_dir(out: Path) -> Path:
     return out.with_name(f".{out.name}.partial")
@@ -60,18 +63,6 @@ class RunResult:
     report: dict
     model: GaussianMixture
     candidates: list = field(default_factory=list)
-
-
-class Printer:
-    """Progress lines on stdout (flushed: a user or a log collector sees them at once)."""
-
-    def __init__(self, stream=None, quiet=False):
-        self.stream = stream or sys.stdout
-        self.quiet = quiet
-
-    def __call__(self, msg: str) -> None:
-        if not self.quiet:
-            print(msg, file=self.stream, flush=True)
 
 
 # ------------------------------------------------------------------------------------------
@@ -132,12 +123,14 @@ def check_output_dir(cfg, resume: bool) -> tuple[Path, Path]:
     return out, stage
 
 
-def run(cfg, resume: bool = False, printer: Printer | None = None, client=None) -> RunResult:
-    """Execute the run described by ``cfg``; returns the outputs' location and the report."""
-    log = printer or Printer()
+def run(cfg, resume: bool = False, client=None) -> RunResult:
+    """Execute the run described by ``cfg``; returns the outputs' location and the report.
+
+    Progress goes to the logger ``pipeline.batch.runner`` at INFO (silent unless the caller
+    configures logging, as the command does)."""
     t0 = time.perf_counter()
     with run_lock(Path(cfg.output.dir)):
-        return _run_locked(cfg, resume, log, client, t0)
+        return _run_locked(cfg, resume, client, t0)
 
 
 @contextmanager
@@ -162,34 +155,34 @@ def run_lock(out: Path):
         yield
 
 
-def _run_locked(cfg, resume, log, client, t0) -> RunResult:
+def _run_locked(cfg, resume, client, t0) -> RunResult:
     out, stage = check_output_dir(cfg, resume)
     timings = {}
     # open (and if asked, generate) the data before starting a cluster: bad paths fail fast
     if cfg.data.generate is not None and not os.path.exists(cfg.data.path):
-        log(f"generating demo data at {cfg.data.path} ...")
+        logger.info(f"generating demo data at {cfg.data.path} ...")
     X = dataset_from_config(cfg.data)
     timings["open_s"] = time.perf_counter() - t0
-    log(
+    logger.info(
         f"data: {cfg.data.path} shape {X.shape} {X.dtype}, {len(X.chunks[0])} row chunks of "
         f"{X.chunks[0][0]} rows ({X.nbytes / 2**20:.1f} MiB)"
     )
     if client is not None:
-        return _run_with_client(cfg, X, resume, log, client, out, stage, timings, t0)
+        return _run_with_client(cfg, X, resume, client, out, stage, timings, t0)
     t = time.perf_counter()
     with cluster_mod.connect(cfg.cluster) as c:
         timings["connect_s"] = time.perf_counter() - t
-        return _run_with_client(cfg, X, resume, log, c, out, stage, timings, t0)
+        return _run_with_client(cfg, X, resume, c, out, stage, timings, t0)
 
 
-def _run_with_client(cfg, X, resume, log, client, out, stage, timings, t0) -> RunResult:
+def _run_with_client(cfg, X, resume, client, out, stage, timings, t0) -> RunResult:
     info = cluster_mod.describe(client)
-    log(
+    logger.info(
         f"cluster: {cfg.cluster.kind}, {info['n_workers']} workers, {info['total_threads']} threads, "
         f"scheduler {info['scheduler_address']}"
     )
     if info.get("dashboard_link"):
-        log(f"dashboard: {info['dashboard_link']}")
+        logger.info(f"dashboard: {info['dashboard_link']}")
     with single_threaded_blas():
         summary = summarize(X, cfg.data.path)  # one pass: moments, NaN/inf check, fingerprint
     fingerprints = {"config": config_fingerprint(cfg), "data": data_fingerprint(X, summary)}
@@ -204,7 +197,7 @@ def _run_with_client(cfg, X, resume, log, client, out, stage, timings, t0) -> Ru
                 + "; ".join(diffs[:8])
             )
         done = meta.get("done", {})
-        log(f"resuming from checkpoint: candidate {meta['candidate']}, restart {state.init}, "
+        logger.info(f"resuming from checkpoint: candidate {meta['candidate']}, restart {state.init}, "
             f"iteration {len(state.history)}")
         resume_candidate = meta["candidate"]
     else:
@@ -226,21 +219,21 @@ def _run_with_client(cfg, X, resume, log, client, out, stage, timings, t0) -> Ru
         if name in done and path.is_file():
             est = GaussianMixture.load(path)
             results.append({**done[name], "model": est})
-            log(f"candidate {name}: done before the interruption (BIC {done[name]['bic']:.6g})")
+            logger.info(f"candidate {name}: done before the interruption (BIC {done[name]['bic']:.6g})")
             continue
         est = GaussianMixture(
             k, covariance_type=ct, init_params=m.init_params, n_init=m.n_init, max_iter=m.max_iter,
             tol=m.tol, reg_covar=m.reg_covar, dtype=m.dtype, random_state=m.random_state, cache=cache,
         )
-        log(f"candidate {name}: fitting ({m.init_params} init, {m.n_init} restart(s), dtype {m.dtype})")
-        callback = _iteration_callback(cfg, log, stage, name, fingerprints, done)
+        logger.info(f"candidate {name}: fitting ({m.init_params} init, {m.n_init} restart(s), dtype {m.dtype})")
+        callback = _iteration_callback(cfg, stage, name, fingerprints, done)
         start_state = state if (state is not None and resume_candidate == name) else None
         t = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             est.fit(X, callback=callback, resume=start_state, data_name=cfg.data.path, summary=summary)
         for w in caught:
-            log(f"warning: {w.message}")
+            logger.info(f"warning: {w.message}")
         seconds = time.perf_counter() - t
         ic = est.information_criteria(X)
         loglik = ic["loglik"]
@@ -262,18 +255,18 @@ def _run_with_client(cfg, X, resume, log, client, out, stage, timings, t0) -> Ru
         est.save(path)
         done[name] = entry
         results.append({**entry, "model": est})
-        log(f"candidate {name}: log-likelihood {loglik:.6f}, BIC {entry['bic']:.6g}, "
+        logger.info(f"candidate {name}: log-likelihood {loglik:.6f}, BIC {entry['bic']:.6g}, "
             f"{est.n_iter_} iterations, converged {est.converged_}, {seconds:.1f} s")
     timings["fit_s"] = time.perf_counter() - t_fit
 
     best = min(results, key=lambda r: r["bic"])
     model = best["model"]
     if len(results) > 1:
-        log(f"selected by BIC: {best['name']}")
+        logger.info(f"selected by BIC: {best['name']}")
     model.save(stage / "model.npz")
 
     t = time.perf_counter()
-    _write_point_outputs(cfg, model, X, stage, log)
+    _write_point_outputs(cfg, model, X, stage)
     timings["outputs_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
 
@@ -283,13 +276,13 @@ def _run_with_client(cfg, X, resume, log, client, out, stage, timings, t0) -> Ru
         try:
             write_plots(stage, model, X, results, best)
         except ImportError:
-            log("plots skipped: matplotlib is not installed (pip install gmm-pipeline[plots])")
+            logger.info("plots skipped: matplotlib is not installed (pip install gmm-pipeline[plots])")
     # publish with the checkpoint still inside: until the rename, a crash leaves a resumable run;
     # an output.dir that appeared meanwhile is only replaced with overwrite: true
     publish_dir(stage, out, overwrite=cfg.output.overwrite)
     (out / CHECKPOINT_NAME).unlink(missing_ok=True)
     (out / PROGRESS_NAME).unlink(missing_ok=True)
-    log(f"outputs: {out}")
+    logger.info(f"outputs: {out}")
     return RunResult(out, report, model, results)
 
 
@@ -301,7 +294,7 @@ def _describe_safe(client):
         return {}
 
 
-def _iteration_callback(cfg, log, stage, name, fingerprints, done):
+def _iteration_callback(cfg, stage, name, fingerprints, done):
     every = cfg.checkpoint.every
 
     def callback(info):
@@ -317,7 +310,7 @@ def _iteration_callback(cfg, log, stage, name, fingerprints, done):
                 stage / CHECKPOINT_NAME, info.state,
                 {"candidate": name, "done": done, **fingerprints},
             )
-        log(
+        logger.info(
             f"  {name} restart {info.state.init} iter {info.n_iter:4d}  loglik {info.mean_loglik:.8f}  "
             f"change {info.change:+.3e}  {info.seconds:.2f} s  {info.rows_per_second:,.0f} rows/s"
         )
@@ -325,7 +318,7 @@ def _iteration_callback(cfg, log, stage, name, fingerprints, done):
     return callback
 
 
-def _write_point_outputs(cfg, model, X, stage, log):
+def _write_point_outputs(cfg, model, X, stage):
     """labels (int32, N) and responsibilities (float32, N x K) of the run, as Zarr arrays."""
     if not (cfg.output.labels or cfg.output.responsibilities):
         return
@@ -334,7 +327,7 @@ def _write_point_outputs(cfg, model, X, stage, log):
         labels_to=(stage / "labels.zarr", None) if cfg.output.labels else None,
         responsibilities_to=(stage / "responsibilities.zarr", None) if cfg.output.responsibilities else None,
     )
-    log("wrote " + ", ".join(n for n, on in (("labels.zarr", cfg.output.labels),
+    logger.info("wrote " + ", ".join(n for n, on in (("labels.zarr", cfg.output.labels),
                                              ("responsibilities.zarr", cfg.output.responsibilities)) if on))
 
 
