@@ -175,32 +175,28 @@ def _model_path(p: str) -> Path:
 
 
 def _predict(args) -> int:
-    import shutil
-
     import zarr
 
     from pipeline.batch.runner import write_point_outputs
     from pipeline.data.zarr_io import open_dataset
     from pipeline.estimators.gaussian_mixture import GaussianMixture
     from pipeline.exceptions import OutputExistsError
-    from pipeline.storage.atomic import publish_dir, tmp_sibling
+    from pipeline.storage.atomic import write_dir_atomically
 
     model = GaussianMixture.load(_model_path(args.model))
     X = open_dataset(args.data, array=args.array, chunk_rows=args.chunk_rows)
     out = Path(args.output).absolute()
     if out.exists() and not args.overwrite:
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
-    tmp = tmp_sibling(out)
-    try:
+
+    def write(tmp: Path) -> None:
         zarr.open_group(tmp, mode="w")
         write_point_outputs(
             model, X, labels_to=(tmp, "labels"),
             responsibilities_to=None if args.no_responsibilities else (tmp, "responsibilities"),
         )
-        publish_dir(tmp, out, overwrite=args.overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_dir_atomically(out, write, overwrite=args.overwrite)
     print(f"wrote labels{'' if args.no_responsibilities else ' and responsibilities'} of {X.shape[0]:,} rows to {out}")
     return 0
 

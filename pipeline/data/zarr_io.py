@@ -17,7 +17,6 @@ that is one Dask chunk; :func:`pipeline.data.chunking.auto_chunk_rows`).
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ import zarr
 from pipeline.data.chunking import resolve_chunk_rows
 from pipeline.data.synthetic import generate_mixture
 from pipeline.exceptions import DataError, OutputExistsError
-from pipeline.storage.atomic import location, publish_dir, tmp_sibling
+from pipeline.storage.atomic import location, tmp_sibling, write_dir_atomically
 
 #: dtype kinds accepted as data: signed/unsigned integers and floats
 _NUMERIC_KINDS = "iuf"
@@ -229,15 +228,9 @@ def write_array_zarr(
         tmp_tag = f"{root.name}.{name}"
     if os.path.lexists(final) and not overwrite:
         raise OutputExistsError(f"{final} already exists; pass overwrite=True to replace it")
-    final.parent.mkdir(parents=True, exist_ok=True)
     # a sibling of the group (not inside it), so the group never lists a half-written member
-    tmp = tmp_sibling(root, tag=tmp_tag)
-    try:
-        da.to_zarr(x, str(tmp), mode="w-", zarr_format=zarr_format)
-        publish_dir(tmp, final, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_dir_atomically(final, lambda tmp: da.to_zarr(x, str(tmp), mode="w-", zarr_format=zarr_format),
+                         overwrite, tmp=tmp_sibling(root, tag=tmp_tag))
     return final
 
 
