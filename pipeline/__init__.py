@@ -16,8 +16,15 @@ imports only the ones below it (enforced by ``tests/test_layers.py``)::
     exceptions    one exception tree
 """
 
+import logging
+
 __version__ = "0.1.0"
 __all__ = ["GaussianMixture", "open_dataset"]
+
+# One logger for the package ("pipeline"; modules log to children of it).  A library prints
+# nothing by default: the NullHandler keeps Python's last-resort stderr handler out of the
+# way; ``gmm-pipeline`` (pipeline.batch.cli) installs the handlers that print.
+logging.getLogger("pipeline").addHandler(logging.NullHandler())
 
 
 def __getattr__(name):

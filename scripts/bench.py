@@ -561,16 +561,48 @@ def parse_args(argv=None):
     return args
 
 
+#: the row the trajectories and the Spark comparison refer to
+BASE_ROW = ("gmm-pipeline threaded, BLAS 1 thread", "float64")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    n, d, k, iters = args.n, args.d, args.k, args.iters
+    d = args.d
     flops = lambda nn, kk: 4.0 * nn * kk * d * d  # noqa: E731  FLOP model per iteration, full
     out = {"args": {k_: (str(v) if isinstance(v, Path) else v) for k_, v in vars(args).items()}}
     t_start = time.perf_counter()
+    mi = out["machine"] = machine_info()
+    print_machine(args, mi, flops)
+    gemm_start = first_gemm_peak(d)
+    X_all, X64, X32, init = prepare_data(args, out)
 
-    # ---- machine
-    mi = machine_info()
-    out["machine"] = mi
+    rows = {}  # (name, dtype) -> result dict
+    cluster = Cluster()
+    try:
+        run_threaded(args, rows, X64, X32, init)
+        if not args.skip_distributed:
+            run_local_cluster(args, rows, out, cluster, X64, X32, init)
+        if not args.skip_sklearn:
+            run_sklearn(args, rows, X64, X32, init)
+        spark_note = run_spark(args, rows, X64, init)
+        gemm = final_gemm_peak(out, d, gemm_start)
+        print_main_table(args, rows, gemm, flops, spark_note)
+        print_trajectories(rows)
+        print_spark_comparison(rows)
+        print("BLAS inside Dask threads: the 'BLAS 1 thread' rows are the recommended setting "
+              "(2 Dask threads x 1 BLAS thread); LocalCluster workers' BLAS threads: "
+              f"{out.get('cluster_worker_blas_threads', '-')}")
+        out["main"] = {f"{name} | {dtype}": r for (name, dtype), r in rows.items()}
+        run_sections(args, out, cluster, X_all, X64, init, flops, gemm)
+    finally:
+        cluster.close()
+    finish(args, out, mi, t_start)
+    return 0
+
+
+def print_machine(args, mi: dict, flops) -> None:
+    """The machine, the versions and the problem."""
+    n, d, k, iters = args.n, args.d, args.k, args.iters
     print("gmm-pipeline benchmark: one EM iteration, same data, same initial parameters")
     print(f"machine: {mi['nproc']} CPUs (affinity {mi['affinity']}), {mi.get('memory_gb', '?')} GB, {mi['platform']}")
     print(f"load average at start: {', '.join(f'{v:.2f}' for v in mi['loadavg_start'] or [])}")
@@ -583,7 +615,8 @@ def main(argv=None) -> int:
           f"at N={n:,} float64), tol=0")
     print(f"FLOP model per EM iteration (full covariance): 4*N*K*D^2 = {flops(n, k) / 1e9:.2f} GFLOP")
 
-    # ---- GEMM peak
+
+def first_gemm_peak(d: int) -> dict:
     log("measuring GEMM peak")
     gemm_start = measure_gemm(d)
     print(f"tall GEMM ({GEMM_ROWS} x {d}) @ ({d} x {d}), all cores, best run of 5 rounds x 0.2 s: "
@@ -591,8 +624,12 @@ def main(argv=None) -> int:
           f"1 thread: {gemm_start['one_thread_float64']:.1f} / {gemm_start['one_thread_float32']:.1f}; "
           f"square 1024^3 GEMM for reference: {gemm_start['square_float64']:.1f} / {gemm_start['square_float32']:.1f}. "
           "Measured again after the main runs; the better of the two is the peak.")
+    return gemm_start
 
-    # ---- data
+
+def prepare_data(args, out: dict):
+    """(rows for every section, the main N float64 rows, their float32 copy, initial parameters)."""
+    n, d, k = args.n, args.d, args.k
     n_data = max([n] + (args.scaling_n if args.scaling else []) + ([] if args.skip_distributed else [args.dist_n]))
     log(f"generating {n_data:,} x {d} rows")
     X_all = make_data(n_data, d, k)
@@ -600,148 +637,164 @@ def main(argv=None) -> int:
     X32 = X64.astype(np.float32)
     init = initial_params(X64, k, "full")
     out["init"] = {"method": "K random rows as means, uniform weights, data covariance for all components"}
+    return X_all, X64, X32, init
 
-    rows = {}  # name -> result dict
-    cluster = Cluster()
+
+def run_threaded(args, rows: dict, X64, X32, init) -> None:
+    """gmm-pipeline on the threaded scheduler, BLAS 1 thread (and default threads, float64)."""
+    iters = args.iters
+    for dtype, X in (("float64", X64), ("float32", X32)):
+        Xd = dask_persisted(X, args.chunk_rows)
+        for blas in (1, None):
+            if blas is None and (dtype != "float64" or args.skip_blas_default):
+                continue
+            # BLAS default threads inside 2 Dask threads oversubscribes the cores and can be
+            # tens of times slower: measured on float64 only, with at most 3 iterations
+            name = f"gmm-pipeline threaded, BLAS {'1 thread' if blas else 'default threads'}"
+            log(f"{name} {dtype}")
+            with dask.config.set(scheduler="threads"):
+                rows[(name, dtype)] = fit_ours(Xd, args.k, "full", init, dtype, iters if blas else min(iters, 3),
+                                               blas_threads=blas,
+                                               score_X=X64 if (dtype == "float64" and blas == 1) else None)
+        del Xd
+
+
+def run_local_cluster(args, rows: dict, out: dict, cluster, X64, X32, init) -> None:
+    cluster.get()
+    out["cluster_worker_blas_threads"] = {w: v for w, v in cluster.worker_blas().items()}
+    for dtype, X in (("float64", X64), ("float32", X32)):
+        name = "gmm-pipeline LocalCluster 2 procs x 1 thread"
+        log(f"{name} {dtype}")
+        rows[(name, dtype)] = fit_ours_distributed(cluster, X, args.k, "full", init, dtype, args.iters, args.chunk_rows)
+
+
+def run_sklearn(args, rows: dict, X64, X32, init) -> None:
     try:
-        # ---- gmm-pipeline, threaded
+        import sklearn  # noqa: F401
+
         for dtype, X in (("float64", X64), ("float32", X32)):
-            Xd = dask_persisted(X, args.chunk_rows)
-            for blas in (1, None):
-                if blas is None and (dtype != "float64" or args.skip_blas_default):
-                    continue
-                # BLAS default threads inside 2 Dask threads oversubscribes the cores and can be
-                # tens of times slower: measured on float64 only, with at most 3 iterations
-                name = f"gmm-pipeline threaded, BLAS {'1 thread' if blas else 'default threads'}"
-                log(f"{name} {dtype}")
-                with dask.config.set(scheduler="threads"):
-                    rows[(name, dtype)] = fit_ours(Xd, k, "full", init, dtype, iters if blas else min(iters, 3),
-                                                   blas_threads=blas,
-                                                   score_X=X64 if (dtype == "float64" and blas == 1) else None)
-            del Xd
+            log(f"scikit-learn {dtype}")
+            r = fit_sklearn(X, args.k, "full", init, args.iters)
+            r.pop("model")
+            rows[("scikit-learn GaussianMixture", dtype)] = r
+    except ImportError as exc:
+        print(f"\nscikit-learn skipped: {exc}")
 
-        # ---- gmm-pipeline, LocalCluster
-        if not args.skip_distributed:
-            cluster.get()
-            out["cluster_worker_blas_threads"] = {w: v for w, v in cluster.worker_blas().items()}
-            for dtype, X in (("float64", X64), ("float32", X32)):
-                name = "gmm-pipeline LocalCluster 2 procs x 1 thread"
-                log(f"{name} {dtype}")
-                rows[(name, dtype)] = fit_ours_distributed(cluster, X, k, "full", init, dtype, iters, args.chunk_rows)
 
-        # ---- scikit-learn
-        if not args.skip_sklearn:
-            try:
-                import sklearn  # noqa: F401
+def run_spark(args, rows: dict, X64, init) -> str | None:
+    """Spark MLlib float64; returns the note of the main table when it was skipped."""
+    if args.skip_spark:
+        return "Spark MLlib skipped (--skip-spark)"
+    log("Spark MLlib float64 (starting a local[2] JVM)")
+    partitions = max(2, -(-args.n // chunk_rows_for(X64, args.chunk_rows)))
+    r = fit_spark(X64, args.k, init, args.spark_iters, partitions, args.spark_driver_memory)
+    if "skipped" in r:
+        return f"Spark MLlib skipped: {r['skipped']}"
+    fin = r.pop("final")
+    r["final_mean_loglik"] = mean_loglik_full(X64, fin["weights"], fin["means"], fin["covariances"])
+    rows[("Spark MLlib GaussianMixture (RDD API)", "float64")] = r
+    return None
 
-                for dtype, X in (("float64", X64), ("float32", X32)):
-                    log(f"scikit-learn {dtype}")
-                    r = fit_sklearn(X, k, "full", init, iters)
-                    r.pop("model")
-                    rows[("scikit-learn GaussianMixture", dtype)] = r
-            except ImportError as exc:
-                print(f"\nscikit-learn skipped: {exc}")
 
-        # ---- Spark
-        spark_note = None
-        if args.skip_spark:
-            spark_note = "Spark MLlib skipped (--skip-spark)"
-        else:
-            log("Spark MLlib float64 (starting a local[2] JVM)")
-            partitions = max(2, -(-n // chunk_rows_for(X64, args.chunk_rows)))
-            r = fit_spark(X64, k, init, args.spark_iters, partitions, args.spark_driver_memory)
-            if "skipped" in r:
-                spark_note = f"Spark MLlib skipped: {r['skipped']}"
-            else:
-                fin = r.pop("final")
-                r["final_mean_loglik"] = mean_loglik_full(X64, fin["weights"], fin["means"], fin["covariances"])
-                rows[("Spark MLlib GaussianMixture (RDD API)", "float64")] = r
+def final_gemm_peak(out: dict, d: int, gemm_start: dict) -> dict:
+    """The better of a measurement before and one after the runs."""
+    log("measuring GEMM peak again")
+    gemm_end = measure_gemm(d)
+    gemm = {key: max(gemm_start[key], gemm_end[key]) for key in gemm_start}
+    out["gemm_gflops"] = {"peak": gemm, "start": gemm_start, "end": gemm_end}
+    print(f"\nGEMM peak (tall, all cores): {gemm['float64']:.1f} GFLOP/s float64, {gemm['float32']:.1f} GFLOP/s float32 "
+          f"(before: {gemm_start['float64']:.1f} / {gemm_start['float32']:.1f}, after: {gemm_end['float64']:.1f} / {gemm_end['float32']:.1f})")
+    return gemm
 
-        # ---- GEMM peak: the better of a measurement before and one after the runs
-        log("measuring GEMM peak again")
-        gemm_end = measure_gemm(d)
-        gemm = {key: max(gemm_start[key], gemm_end[key]) for key in gemm_start}
-        out["gemm_gflops"] = {"peak": gemm, "start": gemm_start, "end": gemm_end}
-        print(f"\nGEMM peak (tall, all cores): {gemm['float64']:.1f} GFLOP/s float64, {gemm['float32']:.1f} GFLOP/s float32 "
-              f"(before: {gemm_start['float64']:.1f} / {gemm_start['float32']:.1f}, after: {gemm_end['float64']:.1f} / {gemm_end['float32']:.1f})")
 
-        # ---- main table
-        base = ("gmm-pipeline threaded, BLAS 1 thread", "float64")
-        sk = {dt: rows.get(("scikit-learn GaussianMixture", dt)) for dt in ("float64", "float32")}
-        spark = rows.get(("Spark MLlib GaussianMixture (RDD API)", "float64"))
-        table = []
-        for (name, dtype), r in rows.items():
-            gf = flops(n, k) / r["s_iter"] / 1e9
-            r["gflops"] = gf
-            r["pct_gemm_peak"] = 100.0 * gf / gemm[dtype]
-            r["x_vs_sklearn"] = sk[dtype]["s_iter"] / r["s_iter"] if sk[dtype] else None
-            r["x_vs_spark"] = spark["s_iter"] / r["s_iter"] if spark else None
-            table.append([name, dtype, fmt(r["s_iter"], ".4f"), fmt(n / r["s_iter"] / 1e6, ".2f"), fmt(gf, ".2f"),
-                          fmt(r["pct_gemm_peak"], ".0f"), fmt(r["x_vs_sklearn"], ".2f"), fmt(r["x_vs_spark"], ".2f")])
-        notes = [
-            "s/iter: median per-iteration time, initialisation excluded (Spark: (t(maxIter=%d) - t(maxIter=1)) / %d)."
-            % (args.spark_iters, args.spark_iters - 1),
-            "GFLOP/s: 4*N*K*D^2 per iteration / (s/iter) (an 'effective' rate: gmm-pipeline's kernel does 4*N*K*(D(D+1)/2+D+1),",
-            "  about 60% of those FLOPs, using the symmetry of the outer products); % peak: of the tall GEMM of the same dtype.",
-            "x sklearn: scikit-learn s/iter (same dtype) / row's s/iter; x Spark: Spark float64 s/iter / row's s/iter.",
-        ]
-        if spark_note:
-            notes.append(spark_note)
-        print_table(
-            f"Full covariance, N={n:,} D={d} K={k}, {iters} iterations from the same initial parameters",
-            ["implementation", "dtype", "s/iter", "Mrows/s", "GFLOP/s", "% GEMM peak", "x sklearn", "x Spark"],
-            table, notes,
-        )
+def _sklearn_rows(rows: dict) -> dict:
+    return {dt: rows.get(("scikit-learn GaussianMixture", dt)) for dt in ("float64", "float32")}
 
-        # ---- trajectories
-        ours = rows[base]
-        traj = []
-        sk64 = sk["float64"]
-        for (name, dtype), r in rows.items():
-            if "history" in r and sk64 and (name, dtype) != ("scikit-learn GaussianMixture", "float64"):
-                r["traj_rel_diff_vs_sklearn64"] = max_rel_diff(r["history"], sk64["history"])
-                traj.append([name, dtype, fmt(r["traj_rel_diff_vs_sklearn64"], ".2e")])
-        if traj:
-            print_table("Log-likelihood trajectories: max relative difference from scikit-learn float64",
-                        ["implementation", "dtype", "max |ll - ll_sklearn| / |ll_sklearn|"], traj,
-                        [f"scikit-learn float64 lower_bounds_: {', '.join(f'{v:.6f}' for v in sk64['history'])}",
-                         f"gmm-pipeline float64 history_:      {', '.join(f'{v:.6f}' for v in ours['history'])}"])
-        if spark:
-            m = spark["iters"]
-            # our mean log-likelihood under the parameters after m iterations
-            ours_ll = ours["history"][m] if m < len(ours["history"]) else ours["final_mean_loglik"]
-            if m > len(ours["history"]):
-                ours_ll = None
-            spark["ours_mean_loglik_same_iter"] = ours_ll
-            spark["final_ll_rel_diff_vs_ours"] = abs(spark["final_mean_loglik"] - ours_ll) / abs(ours_ll) if ours_ll else None
-            print(f"\nMean log-likelihood of the model after {m} iterations: gmm-pipeline float64 {fmt(ours_ll, '.8f')}, "
-                  f"Spark MLlib {spark['final_mean_loglik']:.8f} (relative difference {fmt(spark['final_ll_rel_diff_vs_ours'], '.2e')})")
-            if spark["final_ll_rel_diff_vs_ours"] is not None and spark["final_ll_rel_diff_vs_ours"] > 1e-3:
-                print("  Spark's E step uses EPSILON + w_k * pdf_k in linear space (EPSILON ~ 2.2e-16): rows whose densities are all\n"
-                      "  below ~1e-16 (log-density < ~-36, common at D=16) get nearly uniform responsibilities, so Spark's\n"
-                      "  trajectory departs from exact EM on this data; it also adds no reg_covar.")
-            print(f"Spark: data loaded and cached as RDD[Vector] in {spark['load_seconds']:.1f} s ({spark['partitions']} partitions); "
-                  f"fit maxIter=1: {spark['t_maxiter_1']:.2f} s, maxIter={m}: {spark[f't_maxiter_{m}']:.2f} s")
-        print("BLAS inside Dask threads: the 'BLAS 1 thread' rows are the recommended setting "
-              "(2 Dask threads x 1 BLAS thread); LocalCluster workers' BLAS threads: "
-              f"{out.get('cluster_worker_blas_threads', '-')}")
-        out["main"] = {f"{name} | {dtype}": r for (name, dtype), r in rows.items()}
 
-        # ---- scaling
-        if args.scaling:
-            out["scaling_n"] = scaling_n(args, X_all, init, k, d, iters, cluster, flops)
-            out["scaling_k"] = scaling_k(args, X64, k, iters, flops)
+def _spark_row(rows: dict):
+    return rows.get(("Spark MLlib GaussianMixture (RDD API)", "float64"))
 
-        # ---- distributed against threaded, alternating
-        if not args.skip_distributed:
-            out["distributed_vs_threaded"] = distributed_vs_threaded(args, X_all, init, k, d, iters, cluster)
 
-        # ---- diag / spherical (threaded only: no idle worker processes beside the runs)
-        cluster.close()
-        out["diag_spherical"] = diag_spherical(args, X64, k, iters, gemm)
-    finally:
-        cluster.close()
+def print_main_table(args, rows: dict, gemm: dict, flops, spark_note: str | None) -> None:
+    n, d, k, iters = args.n, args.d, args.k, args.iters
+    sk, spark = _sklearn_rows(rows), _spark_row(rows)
+    table = []
+    for (name, dtype), r in rows.items():
+        gf = flops(n, k) / r["s_iter"] / 1e9
+        r["gflops"] = gf
+        r["pct_gemm_peak"] = 100.0 * gf / gemm[dtype]
+        r["x_vs_sklearn"] = sk[dtype]["s_iter"] / r["s_iter"] if sk[dtype] else None
+        r["x_vs_spark"] = spark["s_iter"] / r["s_iter"] if spark else None
+        table.append([name, dtype, fmt(r["s_iter"], ".4f"), fmt(n / r["s_iter"] / 1e6, ".2f"), fmt(gf, ".2f"),
+                      fmt(r["pct_gemm_peak"], ".0f"), fmt(r["x_vs_sklearn"], ".2f"), fmt(r["x_vs_spark"], ".2f")])
+    notes = [
+        "s/iter: median per-iteration time, initialisation excluded (Spark: (t(maxIter=%d) - t(maxIter=1)) / %d)."
+        % (args.spark_iters, args.spark_iters - 1),
+        "GFLOP/s: 4*N*K*D^2 per iteration / (s/iter) (an 'effective' rate: gmm-pipeline's kernel does 4*N*K*(D(D+1)/2+D+1),",
+        "  about 60% of those FLOPs, using the symmetry of the outer products); % peak: of the tall GEMM of the same dtype.",
+        "x sklearn: scikit-learn s/iter (same dtype) / row's s/iter; x Spark: Spark float64 s/iter / row's s/iter.",
+    ]
+    if spark_note:
+        notes.append(spark_note)
+    print_table(
+        f"Full covariance, N={n:,} D={d} K={k}, {iters} iterations from the same initial parameters",
+        ["implementation", "dtype", "s/iter", "Mrows/s", "GFLOP/s", "% GEMM peak", "x sklearn", "x Spark"],
+        table, notes,
+    )
 
+
+def print_trajectories(rows: dict) -> None:
+    ours = rows[BASE_ROW]
+    traj = []
+    sk64 = _sklearn_rows(rows)["float64"]
+    for (name, dtype), r in rows.items():
+        if "history" in r and sk64 and (name, dtype) != ("scikit-learn GaussianMixture", "float64"):
+            r["traj_rel_diff_vs_sklearn64"] = max_rel_diff(r["history"], sk64["history"])
+            traj.append([name, dtype, fmt(r["traj_rel_diff_vs_sklearn64"], ".2e")])
+    if traj:
+        print_table("Log-likelihood trajectories: max relative difference from scikit-learn float64",
+                    ["implementation", "dtype", "max |ll - ll_sklearn| / |ll_sklearn|"], traj,
+                    [f"scikit-learn float64 lower_bounds_: {', '.join(f'{v:.6f}' for v in sk64['history'])}",
+                     f"gmm-pipeline float64 history_:      {', '.join(f'{v:.6f}' for v in ours['history'])}"])
+
+
+def print_spark_comparison(rows: dict) -> None:
+    spark = _spark_row(rows)
+    if not spark:
+        return
+    ours = rows[BASE_ROW]
+    m = spark["iters"]
+    # our mean log-likelihood under the parameters after m iterations
+    ours_ll = ours["history"][m] if m < len(ours["history"]) else ours["final_mean_loglik"]
+    if m > len(ours["history"]):
+        ours_ll = None
+    spark["ours_mean_loglik_same_iter"] = ours_ll
+    spark["final_ll_rel_diff_vs_ours"] = abs(spark["final_mean_loglik"] - ours_ll) / abs(ours_ll) if ours_ll else None
+    print(f"\nMean log-likelihood of the model after {m} iterations: gmm-pipeline float64 {fmt(ours_ll, '.8f')}, "
+          f"Spark MLlib {spark['final_mean_loglik']:.8f} (relative difference {fmt(spark['final_ll_rel_diff_vs_ours'], '.2e')})")
+    if spark["final_ll_rel_diff_vs_ours"] is not None and spark["final_ll_rel_diff_vs_ours"] > 1e-3:
+        print("  Spark's E step uses EPSILON + w_k * pdf_k in linear space (EPSILON ~ 2.2e-16): rows whose densities are all\n"
+              "  below ~1e-16 (log-density < ~-36, common at D=16) get nearly uniform responsibilities, so Spark's\n"
+              "  trajectory departs from exact EM on this data; it also adds no reg_covar.")
+    print(f"Spark: data loaded and cached as RDD[Vector] in {spark['load_seconds']:.1f} s ({spark['partitions']} partitions); "
+          f"fit maxIter=1: {spark['t_maxiter_1']:.2f} s, maxIter={m}: {spark[f't_maxiter_{m}']:.2f} s")
+
+
+def run_sections(args, out: dict, cluster, X_all, X64, init, flops, gemm: dict) -> None:
+    """Scaling, LocalCluster against threaded, diag / spherical (each when asked for)."""
+    k, d, iters = args.k, args.d, args.iters
+    if args.scaling:
+        out["scaling_n"] = scaling_n(args, X_all, init, k, d, iters, cluster, flops)
+        out["scaling_k"] = scaling_k(args, X64, k, iters, flops)
+    if not args.skip_distributed:
+        out["distributed_vs_threaded"] = distributed_vs_threaded(args, X_all, init, k, d, iters, cluster)
+    # diag / spherical (threaded only: no idle worker processes beside the runs)
+    cluster.close()
+    out["diag_spherical"] = diag_spherical(args, X64, k, iters, gemm)
+
+
+def finish(args, out: dict, mi: dict, t_start: float) -> None:
+    """The closing line and, with --json, the figures."""
     mi["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     out["total_seconds"] = time.perf_counter() - t_start
     print(f"\nload average at end: {', '.join(f'{v:.2f}' for v in mi['loadavg_end'] or [])}; "
@@ -749,7 +802,6 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps(out, indent=2, default=_json_default))
         print(f"figures written to {args.json}")
-    return 0
 
 
 def scaling_n(args, X_all, init, k, d, iters, cluster, flops) -> list:

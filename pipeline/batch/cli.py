@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.exceptions import ConfigError, GMMPipelineError
@@ -83,12 +85,43 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _handler(stream, level: int, below: int | None = None) -> logging.Handler:
+    """Bare messages on ``stream``, flushed after each line, from ``level`` up (to ``below``)."""
+    h = logging.StreamHandler(stream)
+    h.setLevel(level)
+    h.setFormatter(logging.Formatter("%(message)s"))
+    if below is not None:
+        h.addFilter(lambda record: record.levelno < below)
+    return h
+
+
+@contextmanager
+def console_logging(quiet: bool = False):
+    """Print the package's log (logger "pipeline") while the command runs: INFO lines (progress)
+    on stdout, none with --quiet; warnings and errors on stderr.  Installed for one ``main()``
+    call and removed after it, so calling main() again in one process never doubles a line."""
+    logger = logging.getLogger("pipeline")
+    handlers = [] if quiet else [_handler(sys.stdout, logging.INFO, below=logging.WARNING)]
+    handlers.append(_handler(sys.stderr, logging.WARNING))
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    for h in handlers:
+        logger.addHandler(h)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            logger.removeHandler(h)
+        logger.setLevel(level)
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "generate": _generate, "convert": _convert, "predict": _predict, "info": _info}[
-            args.command
-        ](args)
+        with console_logging(quiet=getattr(args, "quiet", False)):
+            return {"run": _run, "generate": _generate, "convert": _convert, "predict": _predict, "info": _info}[
+                args.command
+            ](args)
     except KeyboardInterrupt:
         print("gmm-pipeline: interrupted", file=sys.stderr)
         return 130
@@ -105,10 +138,10 @@ def main(argv=None) -> int:
 
 def _run(args) -> int:
     from pipeline.batch.config import load_config
-    from pipeline.batch.runner import Printer, run
+    from pipeline.batch.runner import run
 
     cfg = load_config(args.config, args.overrides)
-    result = run(cfg, resume=args.resume, printer=Printer(quiet=args.quiet))
+    result = run(cfg, resume=args.resume)
     sel = result.report["selected"]
     print(f"done: {sel['name']} mean log-likelihood {sel['loglik']:.6f} -> {result.out_dir}", flush=True)
     return 0
@@ -142,32 +175,28 @@ def _model_path(p: str) -> Path:
 
 
 def _predict(args) -> int:
-    import shutil
-
     import zarr
 
     from pipeline.batch.runner import write_point_outputs
     from pipeline.data.zarr_io import open_dataset
     from pipeline.estimators.gaussian_mixture import GaussianMixture
     from pipeline.exceptions import OutputExistsError
-    from pipeline.storage.atomic import publish_dir, tmp_sibling
+    from pipeline.storage.atomic import write_dir_atomically
 
     model = GaussianMixture.load(_model_path(args.model))
     X = open_dataset(args.data, array=args.array, chunk_rows=args.chunk_rows)
     out = Path(args.output).absolute()
     if out.exists() and not args.overwrite:
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
-    tmp = tmp_sibling(out)
-    try:
+
+    def write(tmp: Path) -> None:
         zarr.open_group(tmp, mode="w")
         write_point_outputs(
             model, X, labels_to=(tmp, "labels"),
             responsibilities_to=None if args.no_responsibilities else (tmp, "responsibilities"),
         )
-        publish_dir(tmp, out, overwrite=args.overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_dir_atomically(out, write, overwrite=args.overwrite)
     print(f"wrote labels{'' if args.no_responsibilities else ' and responsibilities'} of {X.shape[0]:,} rows to {out}")
     return 0
 

@@ -28,22 +28,36 @@ def _full_covariances(model):
 
 def write_plots(directory: Path, model, X, results, best) -> list[Path]:
     """loglik.png, clusters.png (2-D view with 2-sigma ellipses), bic.png (several candidates)."""
-    import io as _io
+    plt = _pyplot()
+    written = [
+        _save(plt, _loglik_figure(plt, results, best), directory / "loglik.png"),
+        _save(plt, _clusters_figure(plt, model, X, best), directory / "clusters.png"),
+    ]
+    if len(results) > 1:
+        written.append(_save(plt, _bic_figure(plt, results, best), directory / "bic.png"))
+    return written
 
+
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend (ImportError without matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Ellipse
 
-    written = []
+    return plt
 
-    def save(fig, name):
-        buf = _io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written.append(atomic_write_bytes(directory / name, buf.getvalue()))
 
+def _save(plt, fig, path: Path) -> Path:
+    import io as _io
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _loglik_figure(plt, results, best):
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in results:
         ax.plot(np.arange(1, len(r["history"]) + 1), r["history"], marker=".", label=r["name"],
@@ -52,20 +66,39 @@ def write_plots(directory: Path, model, X, results, best) -> list[Path]:
     ax.set_ylabel("mean log-likelihood")
     ax.set_title("Log-likelihood per iteration")
     ax.legend(fontsize=8)
-    save(fig, "loglik.png")
+    return fig
 
+
+def _clusters_figure(plt, model, X, best):
     sample = _sample_rows(X, PLOT_SAMPLE)
     labels = model.predict(sample)
+    centre, axes = _principal_axes(sample)
+    proj = (sample - centre) @ axes
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.scatter(proj[:, 0], proj[:, 1] if proj.shape[1] > 1 else np.zeros(len(proj)), c=labels, s=3,
+               cmap="tab10", alpha=0.5)
+    _draw_ellipses(ax, model, centre, axes)
+    ax.set_xlabel("principal axis 1")
+    ax.set_ylabel("principal axis 2")
+    ax.set_title(f"{best['name']}: sample of {len(sample):,} points, 2-sigma ellipses")
+    return fig
+
+
+def _principal_axes(sample):
+    """The sample's centre and its first two principal axes, (D, 2) (one axis for D = 1)."""
     centre = sample.mean(axis=0)
     if sample.shape[1] >= 2:
         _, _, vt = np.linalg.svd(sample - centre, full_matrices=False)
         axes = vt[:2].T  # (D, 2) first two principal axes
     else:
         axes = np.array([[1.0, 0.0]])
-    proj = (sample - centre) @ axes
-    fig, ax = plt.subplots(figsize=(6, 5))
-    ax.scatter(proj[:, 0], proj[:, 1] if proj.shape[1] > 1 else np.zeros(len(proj)), c=labels, s=3,
-               cmap="tab10", alpha=0.5)
+    return centre, axes
+
+
+def _draw_ellipses(ax, model, centre, axes) -> None:
+    """Each component's mean and 2-sigma ellipse, projected on ``axes``."""
+    from matplotlib.patches import Ellipse
+
     covs = _full_covariances(model)
     for k in range(model.n_components):
         m2 = (model.means_[k] - centre) @ axes
@@ -76,18 +109,14 @@ def write_plots(directory: Path, model, X, results, best) -> list[Path]:
         ax.add_patch(Ellipse(m2, 2 * 2 * np.sqrt(vals[1]), 2 * 2 * np.sqrt(vals[0]), angle=angle,
                              fill=False, lw=1.5, color="black"))
         ax.plot(*m2, "k+")
-    ax.set_xlabel("principal axis 1")
-    ax.set_ylabel("principal axis 2")
-    ax.set_title(f"{best['name']}: sample of {len(sample):,} points, 2-sigma ellipses")
-    save(fig, "clusters.png")
 
-    if len(results) > 1:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        names = [r["name"] for r in results]
-        ax.bar(range(len(results)), [r["bic"] for r in results],
-               color=["tab:red" if r is best else "tab:blue" for r in results])
-        ax.set_xticks(range(len(results)), names, rotation=45, ha="right")
-        ax.set_ylabel("BIC (lower is better)")
-        ax.set_title("BIC per candidate")
-        save(fig, "bic.png")
-    return written
+
+def _bic_figure(plt, results, best):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = [r["name"] for r in results]
+    ax.bar(range(len(results)), [r["bic"] for r in results],
+           color=["tab:red" if r is best else "tab:blue" for r in results])
+    ax.set_xticks(range(len(results)), names, rotation=45, ha="right")
+    ax.set_ylabel("BIC (lower is better)")
+    ax.set_title("BIC per candidate")
+    return fig

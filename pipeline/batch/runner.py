@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
-import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -45,6 +45,9 @@ PROGRESS_NAME = "progress.json"
 #: config sections that may differ between a run and its resumption
 _RESUME_IGNORES = ("cluster", "output", "checkpoint")
 
+#: progress lines (INFO) under the package's logger "pipeline"; the command prints them on stdout
+logger = logging.getLogger(__name__)
+
 
 def staging_dir(out: Path) -> Path:
     return out.with_name(f".{out.name}.partial")
@@ -60,18 +63,6 @@ class RunResult:
     report: dict
     model: GaussianMixture
     candidates: list = field(default_factory=list)
-
-
-class Printer:
-    """Progress lines on stdout (flushed: a user or a log collector sees them at once)."""
-
-    def __init__(self, stream=None, quiet=False):
-        self.stream = stream or sys.stdout
-        self.quiet = quiet
-
-    def __call__(self, msg: str) -> None:
-        if not self.quiet:
-            print(msg, file=self.stream, flush=True)
 
 
 # ------------------------------------------------------------------------------------------
@@ -132,12 +123,14 @@ def check_output_dir(cfg, resume: bool) -> tuple[Path, Path]:
     return out, stage
 
 
-def run(cfg, resume: bool = False, printer: Printer | None = None, client=None) -> RunResult:
-    """Execute the run described by ``cfg``; returns the outputs' location and the report."""
-    log = printer or Printer()
+def run(cfg, resume: bool = False, client=None) -> RunResult:
+    """Execute the run described by ``cfg``; returns the outputs' location and the report.
+
+    Progress goes to the logger ``pipeline.batch.runner`` at INFO (silent unless the caller
+    configures logging, as the command does)."""
     t0 = time.perf_counter()
     with run_lock(Path(cfg.output.dir)):
-        return _run_locked(cfg, resume, log, client, t0)
+        return _run_locked(cfg, resume, client, t0)
 
 
 @contextmanager
@@ -162,135 +155,201 @@ def run_lock(out: Path):
         yield
 
 
-def _run_locked(cfg, resume, log, client, t0) -> RunResult:
+@dataclass
+class RunContext:
+    """What the steps of one run share: its config, output and staging directories, start time,
+    the timings gathered so far and the fingerprints a checkpoint is checked against."""
+
+    cfg: object
+    out: Path
+    stage: Path
+    t0: float
+    timings: dict = field(default_factory=dict)
+    fingerprints: dict = field(default_factory=dict)
+
+
+@dataclass
+class ResumeState:
+    """From the checkpoint of an interrupted run (empty for a fresh one): the EM state of the
+    candidate being fitted and the entries of the candidates already done."""
+
+    state: object = None
+    candidate: str | None = None
+    done: dict = field(default_factory=dict)
+
+    def start_for(self, name: str):
+        return self.state if (self.state is not None and self.candidate == name) else None
+
+
+def _run_locked(cfg, resume, client, t0) -> RunResult:
     out, stage = check_output_dir(cfg, resume)
-    timings = {}
-    # open (and if asked, generate) the data before starting a cluster: bad paths fail fast
-    if cfg.data.generate is not None and not os.path.exists(cfg.data.path):
-        log(f"generating demo data at {cfg.data.path} ...")
-    X = dataset_from_config(cfg.data)
-    timings["open_s"] = time.perf_counter() - t0
-    log(
-        f"data: {cfg.data.path} shape {X.shape} {X.dtype}, {len(X.chunks[0])} row chunks of "
-        f"{X.chunks[0][0]} rows ({X.nbytes / 2**20:.1f} MiB)"
-    )
+    ctx = RunContext(cfg, out, stage, t0)
+    X = _open_data(ctx)
     if client is not None:
-        return _run_with_client(cfg, X, resume, log, client, out, stage, timings, t0)
+        return _run_with_client(ctx, X, resume, client)
     t = time.perf_counter()
     with cluster_mod.connect(cfg.cluster) as c:
-        timings["connect_s"] = time.perf_counter() - t
-        return _run_with_client(cfg, X, resume, log, c, out, stage, timings, t0)
+        ctx.timings["connect_s"] = time.perf_counter() - t
+        return _run_with_client(ctx, X, resume, c)
 
 
-def _run_with_client(cfg, X, resume, log, client, out, stage, timings, t0) -> RunResult:
+def _open_data(ctx: RunContext) -> da.Array:
+    """Open (and if asked, generate) the data before starting a cluster: bad paths fail fast."""
+    data = ctx.cfg.data
+    if data.generate is not None and not os.path.exists(data.path):
+        logger.info(f"generating demo data at {data.path} ...")
+    X = dataset_from_config(data)
+    ctx.timings["open_s"] = time.perf_counter() - ctx.t0
+    logger.info(
+        f"data: {data.path} shape {X.shape} {X.dtype}, {len(X.chunks[0])} row chunks of "
+        f"{X.chunks[0][0]} rows ({X.nbytes / 2**20:.1f} MiB)"
+    )
+    return X
+
+
+def _run_with_client(ctx: RunContext, X, resume: bool, client) -> RunResult:
+    _log_cluster(ctx.cfg, client)
+    with single_threaded_blas():
+        summary = summarize(X, ctx.cfg.data.path)  # one pass: moments, NaN/inf check, fingerprint
+    ctx.fingerprints = {"config": config_fingerprint(ctx.cfg), "data": data_fingerprint(X, summary)}
+    resumed = _prepare_stage(ctx, resume)
+    if should_cache(X, ctx.cfg.data.cache):
+        X = X.persist()  # once for all candidates (each fit's own persist then finds it in memory)
+    results = _fit_candidates(ctx, X, summary, resumed)
+    return _select_and_publish(ctx, X, results, client)
+
+
+def _log_cluster(cfg, client) -> None:
     info = cluster_mod.describe(client)
-    log(
+    logger.info(
         f"cluster: {cfg.cluster.kind}, {info['n_workers']} workers, {info['total_threads']} threads, "
         f"scheduler {info['scheduler_address']}"
     )
     if info.get("dashboard_link"):
-        log(f"dashboard: {info['dashboard_link']}")
-    with single_threaded_blas():
-        summary = summarize(X, cfg.data.path)  # one pass: moments, NaN/inf check, fingerprint
-    fingerprints = {"config": config_fingerprint(cfg), "data": data_fingerprint(X, summary)}
+        logger.info(f"dashboard: {info['dashboard_link']}")
 
-    state, done = None, {}
+
+def _prepare_stage(ctx: RunContext, resume: bool) -> ResumeState:
+    """The staging directory, ready: resumed from its checkpoint, or emptied for a fresh run."""
     if resume:
-        state, meta = load_checkpoint(stage / CHECKPOINT_NAME)
-        diffs = _differences(fingerprints, {"config": meta.get("config"), "data": meta.get("data")})
-        if diffs:
-            raise CheckpointError(
-                f"cannot resume from {stage / CHECKPOINT_NAME}: it was written for a different run: "
-                + "; ".join(diffs[:8])
-            )
-        done = meta.get("done", {})
-        log(f"resuming from checkpoint: candidate {meta['candidate']}, restart {state.init}, "
-            f"iteration {len(state.history)}")
-        resume_candidate = meta["candidate"]
+        resumed = _load_resume_state(ctx)
     else:
-        if stage.exists():
-            shutil.rmtree(stage)
-        resume_candidate = None
-    stage.mkdir(parents=True, exist_ok=True)
-    (stage / "candidates").mkdir(exist_ok=True)
+        if ctx.stage.exists():
+            shutil.rmtree(ctx.stage)
+        resumed = ResumeState()
+    ctx.stage.mkdir(parents=True, exist_ok=True)
+    (ctx.stage / "candidates").mkdir(exist_ok=True)
+    return resumed
 
-    m = cfg.model
-    cache = cfg.data.cache
-    if should_cache(X, cache):
-        X = X.persist()  # once for all candidates (each fit's own persist then finds it in memory)
-    results = []
-    t_fit = time.perf_counter()
-    for k, ct in m.candidates():
-        name = candidate_name(k, ct)
-        path = stage / "candidates" / f"{name}.npz"
-        if name in done and path.is_file():
-            est = GaussianMixture.load(path)
-            results.append({**done[name], "model": est})
-            log(f"candidate {name}: done before the interruption (BIC {done[name]['bic']:.6g})")
-            continue
-        est = GaussianMixture(
-            k, covariance_type=ct, init_params=m.init_params, n_init=m.n_init, max_iter=m.max_iter,
-            tol=m.tol, reg_covar=m.reg_covar, dtype=m.dtype, random_state=m.random_state, cache=cache,
+
+def _load_resume_state(ctx: RunContext) -> ResumeState:
+    """The checkpoint in the staging directory, refused if it was written for another config or data."""
+    path = ctx.stage / CHECKPOINT_NAME
+    state, meta = load_checkpoint(path)
+    diffs = _differences(ctx.fingerprints, {"config": meta.get("config"), "data": meta.get("data")})
+    if diffs:
+        raise CheckpointError(
+            f"cannot resume from {path}: it was written for a different run: " + "; ".join(diffs[:8])
         )
-        log(f"candidate {name}: fitting ({m.init_params} init, {m.n_init} restart(s), dtype {m.dtype})")
-        callback = _iteration_callback(cfg, log, stage, name, fingerprints, done)
-        start_state = state if (state is not None and resume_candidate == name) else None
-        t = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            est.fit(X, callback=callback, resume=start_state, data_name=cfg.data.path, summary=summary)
-        for w in caught:
-            log(f"warning: {w.message}")
-        seconds = time.perf_counter() - t
-        ic = est.information_criteria(X)
-        loglik = ic["loglik"]
-        entry = {
-            "name": name,
-            "n_components": k,
-            "covariance_type": ct,
-            "loglik": loglik,
-            "bic": float(ic["bic"]),
-            "aic": float(ic["aic"]),
-            "n_parameters": ic["n_parameters"],
-            "n_iter": est.n_iter_,
-            "converged": est.converged_,
-            "lower_bound": est.lower_bound_,
-            "best_init": est.best_init_,
-            "seconds": seconds,
-            "history": est.history_,
-        }
-        est.save(path)
-        done[name] = entry
-        results.append({**entry, "model": est})
-        log(f"candidate {name}: log-likelihood {loglik:.6f}, BIC {entry['bic']:.6g}, "
-            f"{est.n_iter_} iterations, converged {est.converged_}, {seconds:.1f} s")
-    timings["fit_s"] = time.perf_counter() - t_fit
+    logger.info(f"resuming from checkpoint: candidate {meta['candidate']}, restart {state.init}, "
+                f"iteration {len(state.history)}")
+    return ResumeState(state, meta["candidate"], meta.get("done", {}))
 
+
+def _fit_candidates(ctx: RunContext, X, summary, resumed: ResumeState) -> list[dict]:
+    """Every candidate (k, covariance_type) of the config: loaded if done before, else fitted."""
+    t_fit = time.perf_counter()
+    results = []
+    for k, ct in ctx.cfg.model.candidates():
+        name = candidate_name(k, ct)
+        path = ctx.stage / "candidates" / f"{name}.npz"
+        if name in resumed.done and path.is_file():
+            results.append({**resumed.done[name], "model": GaussianMixture.load(path)})
+            logger.info(f"candidate {name}: done before the interruption (BIC {resumed.done[name]['bic']:.6g})")
+        else:
+            results.append(_fit_candidate(ctx, X, summary, resumed, k, ct, path))
+    ctx.timings["fit_s"] = time.perf_counter() - t_fit
+    return results
+
+
+def _fit_candidate(ctx: RunContext, X, summary, resumed: ResumeState, k: int, ct: str, path: Path) -> dict:
+    """Fit one candidate (checkpointing as it goes), save it to ``path``, record it as done."""
+    m = ctx.cfg.model
+    name = candidate_name(k, ct)
+    est = GaussianMixture(
+        k, covariance_type=ct, init_params=m.init_params, n_init=m.n_init, max_iter=m.max_iter,
+        tol=m.tol, reg_covar=m.reg_covar, dtype=m.dtype, random_state=m.random_state, cache=ctx.cfg.data.cache,
+    )
+    logger.info(f"candidate {name}: fitting ({m.init_params} init, {m.n_init} restart(s), dtype {m.dtype})")
+    callback = _iteration_callback(ctx.cfg, ctx.stage, name, ctx.fingerprints, resumed.done)
+    t = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est.fit(X, callback=callback, resume=resumed.start_for(name), data_name=ctx.cfg.data.path, summary=summary)
+    for w in caught:
+        logger.info(f"warning: {w.message}")
+    entry = _candidate_entry(name, k, ct, est, X, seconds=time.perf_counter() - t)
+    est.save(path)
+    resumed.done[name] = entry
+    logger.info(f"candidate {name}: log-likelihood {entry['loglik']:.6f}, BIC {entry['bic']:.6g}, "
+                f"{est.n_iter_} iterations, converged {est.converged_}, {entry['seconds']:.1f} s")
+    return {**entry, "model": est}
+
+
+def _candidate_entry(name: str, k: int, ct: str, est: GaussianMixture, X, seconds: float) -> dict:
+    """A fitted candidate's line in the report (and in the checkpoint's list of done ones)."""
+    ic = est.information_criteria(X)
+    return {
+        "name": name,
+        "n_components": k,
+        "covariance_type": ct,
+        "loglik": ic["loglik"],
+        "bic": float(ic["bic"]),
+        "aic": float(ic["aic"]),
+        "n_parameters": ic["n_parameters"],
+        "n_iter": est.n_iter_,
+        "converged": est.converged_,
+        "lower_bound": est.lower_bound_,
+        "best_init": est.best_init_,
+        "seconds": seconds,
+        "history": est.history_,
+    }
+
+
+def _select_and_publish(ctx: RunContext, X, results: list[dict], client) -> RunResult:
+    """The candidate with the lowest BIC; its outputs, the report and plots; then publication."""
     best = min(results, key=lambda r: r["bic"])
     model = best["model"]
     if len(results) > 1:
-        log(f"selected by BIC: {best['name']}")
-    model.save(stage / "model.npz")
-
+        logger.info(f"selected by BIC: {best['name']}")
+    model.save(ctx.stage / "model.npz")
     t = time.perf_counter()
-    _write_point_outputs(cfg, model, X, stage, log)
-    timings["outputs_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t0
+    _write_point_outputs(ctx.cfg, model, X, ctx.stage)
+    ctx.timings["outputs_s"] = time.perf_counter() - t
+    ctx.timings["total_s"] = time.perf_counter() - ctx.t0
+    report = build_report(ctx.cfg, X, results, best, ctx.timings, cluster_info=_describe_safe(client),
+                          fingerprints=ctx.fingerprints)
+    write_report(ctx.stage, report)
+    if ctx.cfg.output.plots:
+        _write_plots_unless_missing(ctx.stage, model, X, results, best)
+    _publish(ctx)
+    logger.info(f"outputs: {ctx.out}")
+    return RunResult(ctx.out, report, model, results)
 
-    report = build_report(cfg, X, results, best, timings, cluster_info=_describe_safe(client), fingerprints=fingerprints)
-    write_report(stage, report)
-    if cfg.output.plots:
-        try:
-            write_plots(stage, model, X, results, best)
-        except ImportError:
-            log("plots skipped: matplotlib is not installed (pip install gmm-pipeline[plots])")
-    # publish with the checkpoint still inside: until the rename, a crash leaves a resumable run;
-    # an output.dir that appeared meanwhile is only replaced with overwrite: true
-    publish_dir(stage, out, overwrite=cfg.output.overwrite)
-    (out / CHECKPOINT_NAME).unlink(missing_ok=True)
-    (out / PROGRESS_NAME).unlink(missing_ok=True)
-    log(f"outputs: {out}")
-    return RunResult(out, report, model, results)
+
+def _write_plots_unless_missing(stage: Path, model, X, results, best) -> None:
+    try:
+        write_plots(stage, model, X, results, best)
+    except ImportError:
+        logger.info("plots skipped: matplotlib is not installed (pip install gmm-pipeline[plots])")
+
+
+def _publish(ctx: RunContext) -> None:
+    """Publish with the checkpoint still inside: until the rename, a crash leaves a resumable run;
+    an output.dir that appeared meanwhile is only replaced with overwrite: true."""
+    publish_dir(ctx.stage, ctx.out, overwrite=ctx.cfg.output.overwrite)
+    (ctx.out / CHECKPOINT_NAME).unlink(missing_ok=True)
+    (ctx.out / PROGRESS_NAME).unlink(missing_ok=True)
 
 
 def _describe_safe(client):
@@ -301,7 +360,7 @@ def _describe_safe(client):
         return {}
 
 
-def _iteration_callback(cfg, log, stage, name, fingerprints, done):
+def _iteration_callback(cfg, stage, name, fingerprints, done):
     every = cfg.checkpoint.every
 
     def callback(info):
@@ -317,7 +376,7 @@ def _iteration_callback(cfg, log, stage, name, fingerprints, done):
                 stage / CHECKPOINT_NAME, info.state,
                 {"candidate": name, "done": done, **fingerprints},
             )
-        log(
+        logger.info(
             f"  {name} restart {info.state.init} iter {info.n_iter:4d}  loglik {info.mean_loglik:.8f}  "
             f"change {info.change:+.3e}  {info.seconds:.2f} s  {info.rows_per_second:,.0f} rows/s"
         )
@@ -325,7 +384,7 @@ def _iteration_callback(cfg, log, stage, name, fingerprints, done):
     return callback
 
 
-def _write_point_outputs(cfg, model, X, stage, log):
+def _write_point_outputs(cfg, model, X, stage):
     """labels (int32, N) and responsibilities (float32, N x K) of the run, as Zarr arrays."""
     if not (cfg.output.labels or cfg.output.responsibilities):
         return
@@ -334,7 +393,7 @@ def _write_point_outputs(cfg, model, X, stage, log):
         labels_to=(stage / "labels.zarr", None) if cfg.output.labels else None,
         responsibilities_to=(stage / "responsibilities.zarr", None) if cfg.output.responsibilities else None,
     )
-    log("wrote " + ", ".join(n for n, on in (("labels.zarr", cfg.output.labels),
+    logger.info("wrote " + ", ".join(n for n, on in (("labels.zarr", cfg.output.labels),
                                              ("responsibilities.zarr", cfg.output.responsibilities)) if on))
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -121,60 +122,80 @@ def _text_writer(src: Path, chunk_rows: int, dtype: str | None):
 
     def write(tmp: Path) -> None:
         lines = _text_lines(src)
-        first = next(lines, None)
-        if first is None:
-            raise DataError(f"{src}: the file has no data rows")
-        lineno, line = first
-        delimiter = _detect_delimiter(line)
-        columns = None
-        values = _parse_row(line, delimiter)
-        if values is None:  # a header
-            header_line = lineno
-            columns = [c.strip().strip('"').strip("'") for c in next(csv.reader(
-                [line], delimiter=delimiter or " ", skipinitialspace=True))]
-            first = next(lines, None)
-            if first is None:
-                raise DataError(f"{src}: the file has a header (line {lineno}) but no data rows")
-            lineno, line = first
-            delimiter = _detect_delimiter(line) if delimiter is None else delimiter
-            values = _parse_row(line, delimiter)
-            if values is None:
-                raise DataError(
-                    f"{src}, line {lineno}: cannot parse {line[:80]!r} as numbers (line "
-                    f"{header_line} was taken as the header)"
-                )
+        columns, values, delimiter = _first_data_row(src, lines)
         n_features = len(values)
-        if columns is not None and len(columns) != n_features:
-            raise DataError(
-                f"{src}, line {lineno}: {n_features} values but the header has "
-                f"{len(columns)} columns"
-            )
         z = zarr.create_array(tmp, shape=(0, n_features), dtype=out_dtype, zarr_format=3,
                               chunks=(chunk_rows, n_features),
                               attributes={"columns": columns} if columns is not None else None)
-        batch = [values]
-
-        def flush() -> None:
-            z.append(np.asarray(batch, dtype=out_dtype), axis=0)
-            batch.clear()
-
-        for lineno, line in lines:
-            row = _parse_row(line, delimiter)
-            if row is None:
-                raise DataError(
-                    f"{src}, line {lineno}: cannot parse {line[:80]!r} as {n_features} numbers "
-                    f"separated by {delimiter or 'whitespace'!r}"
-                )
-            if len(row) != n_features:
-                raise DataError(
-                    f"{src}, line {lineno}: ragged row: {len(row)} value(s) where "
-                    f"{n_features} were expected (as in the first data row)"
-                )
-            batch.append(row)
-            if len(batch) == chunk_rows:
-                flush()
-        if batch:
-            flush()
+        rows = itertools.chain([values], _data_rows(src, lines, delimiter, n_features))  # streamed
+        _append_in_batches(z, rows, chunk_rows, out_dtype)
         shape[:] = z.shape
 
     return write, lambda: tuple(shape)
+
+
+def _first_data_row(src: Path, lines: Iterator[tuple[int, str]]) -> tuple[list[str] | None, list[float], str | None]:
+    """Header detection: (column names or None, the first data row's values, the delimiter).
+    The first line is a header when it does not parse as numbers."""
+    first = next(lines, None)
+    if first is None:
+        raise DataError(f"{src}: the file has no data rows")
+    lineno, line = first
+    delimiter = _detect_delimiter(line)
+    columns = None
+    values = _parse_row(line, delimiter)
+    if values is None:  # a header
+        header_line = lineno
+        columns = _header_columns(line, delimiter)
+        first = next(lines, None)
+        if first is None:
+            raise DataError(f"{src}: the file has a header (line {lineno}) but no data rows")
+        lineno, line = first
+        delimiter = _detect_delimiter(line) if delimiter is None else delimiter
+        values = _parse_row(line, delimiter)
+        if values is None:
+            raise DataError(
+                f"{src}, line {lineno}: cannot parse {line[:80]!r} as numbers (line "
+                f"{header_line} was taken as the header)"
+            )
+    if columns is not None and len(columns) != len(values):
+        raise DataError(
+            f"{src}, line {lineno}: {len(values)} values but the header has "
+            f"{len(columns)} columns"
+        )
+    return columns, values, delimiter
+
+
+def _header_columns(line: str, delimiter: str | None) -> list[str]:
+    """Column names of a header line, unquoted."""
+    fields = next(csv.reader([line], delimiter=delimiter or " ", skipinitialspace=True))
+    return [c.strip().strip('"').strip("'") for c in fields]
+
+
+def _data_rows(src: Path, lines: Iterator[tuple[int, str]], delimiter: str | None, n_features: int) -> Iterator[list[float]]:
+    """Row parsing: the values of each remaining line, which must be ``n_features`` numbers."""
+    for lineno, line in lines:
+        row = _parse_row(line, delimiter)
+        if row is None:
+            raise DataError(
+                f"{src}, line {lineno}: cannot parse {line[:80]!r} as {n_features} numbers "
+                f"separated by {delimiter or 'whitespace'!r}"
+            )
+        if len(row) != n_features:
+            raise DataError(
+                f"{src}, line {lineno}: ragged row: {len(row)} value(s) where "
+                f"{n_features} were expected (as in the first data row)"
+            )
+        yield row
+
+
+def _append_in_batches(z, rows: Iterable[list[float]], chunk_rows: int, dtype: np.dtype) -> None:
+    """Append ``rows`` to the Zarr array ``z``, ``chunk_rows`` at a time."""
+    batch = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == chunk_rows:
+            z.append(np.asarray(batch, dtype=dtype), axis=0)
+            batch.clear()
+    if batch:
+        z.append(np.asarray(batch, dtype=dtype), axis=0)

@@ -17,7 +17,6 @@ that is one Dask chunk; :func:`pipeline.data.chunking.auto_chunk_rows`).
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ import zarr
 from pipeline.data.chunking import resolve_chunk_rows
 from pipeline.data.synthetic import generate_mixture
 from pipeline.exceptions import DataError, OutputExistsError
-from pipeline.storage.atomic import location, publish_dir, tmp_sibling
+from pipeline.storage.atomic import location, tmp_sibling, write_dir_atomically
 
 #: dtype kinds accepted as data: signed/unsigned integers and floats
 _NUMERIC_KINDS = "iuf"
@@ -59,6 +58,15 @@ def open_dataset(
         The path is missing or not Zarr, the array is not found, not 2-D, not numeric
         (bool, complex, strings, objects) or has zero rows or columns.
     """
+    where, node = _open_node(path)
+    name, z, label = _resolve_array(node, array, where)
+    check_shape_dtype(z.shape, z.dtype, label)
+    rows = _dask_chunk_rows(z, chunk_rows, label)
+    return da.from_zarr(where, component=name, chunks=(rows, z.shape[1]))
+
+
+def _open_node(path: str | os.PathLike) -> tuple[str, Any]:
+    """(absolute location, the Zarr array or group there); DataError if missing or not Zarr."""
     where = location(path)
     if "://" not in where and not os.path.exists(where):
         raise DataError(
@@ -66,30 +74,31 @@ def open_dataset(
             f"synthetic demo data there, or convert a .npy/.csv file with gmm-pipeline convert"
         )
     try:
-        node = zarr.open(where, mode="r")
+        return where, zarr.open(where, mode="r")
     except (FileNotFoundError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{where} is not a Zarr array or group: {exc}") from exc
 
+
+def _resolve_array(node, array: str | None, where: str) -> tuple[str | None, zarr.Array, str]:
+    """Node resolution: (name in the group or None, the array, its label in messages)."""
     if isinstance(node, zarr.Group):
         name = _pick_array(node, array, where)
-        z = node[name]
-        label = f"{where} (array '{name}')"
-    else:
-        if array is not None:
-            raise DataError(
-                f"{where} is a single Zarr array, not a group, so data.array: {array!r} cannot "
-                f"be looked up in it; remove data.array"
-            )
-        name, z, label = None, node, where
+        return name, node[name], f"{where} (array '{name}')"
+    if array is not None:
+        raise DataError(
+            f"{where} is a single Zarr array, not a group, so data.array: {array!r} cannot "
+            f"be looked up in it; remove data.array"
+        )
+    return None, node, where
 
-    check_shape_dtype(z.shape, z.dtype, label)
-    n_features = z.shape[1]
+
+def _dask_chunk_rows(z: zarr.Array, chunk_rows: int | str | None, label: str) -> int:
+    """Chunk resolution: rows per Dask chunk for ``chunk_rows`` (see :func:`open_dataset`)."""
     try:
-        rows = resolve_chunk_rows(chunk_rows, z.shape[0], n_features, z.dtype.itemsize,
+        return resolve_chunk_rows(chunk_rows, z.shape[0], z.shape[1], z.dtype.itemsize,
                                   source_rows=(getattr(z, "shards", None) or z.chunks)[0], multiple=z.chunks[0])
     except ValueError as exc:
         raise DataError(f"{label}: {exc}") from None
-    return da.from_zarr(where, component=name, chunks=(rows, n_features))
 
 
 def dataset_from_config(data: Any) -> da.Array:
@@ -219,15 +228,9 @@ def write_array_zarr(
         tmp_tag = f"{root.name}.{name}"
     if os.path.lexists(final) and not overwrite:
         raise OutputExistsError(f"{final} already exists; pass overwrite=True to replace it")
-    final.parent.mkdir(parents=True, exist_ok=True)
     # a sibling of the group (not inside it), so the group never lists a half-written member
-    tmp = tmp_sibling(root, tag=tmp_tag)
-    try:
-        da.to_zarr(x, str(tmp), mode="w-", zarr_format=zarr_format)
-        publish_dir(tmp, final, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_dir_atomically(final, lambda tmp: da.to_zarr(x, str(tmp), mode="w-", zarr_format=zarr_format),
+                         overwrite, tmp=tmp_sibling(root, tag=tmp_tag))
     return final
 
 

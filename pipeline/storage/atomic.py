@@ -30,10 +30,11 @@ def tmp_sibling(final: Path, tag: str | None = None) -> Path:
     return final.parent / f".{tag or final.name}.tmp-{uuid.uuid4().hex[:12]}"
 
 
-def write_dir_atomically(final: Path, write, overwrite: bool) -> None:
-    """Run ``write(tmp)`` on a temporary sibling directory path, then rename it to ``final``."""
+def write_dir_atomically(final: Path, write, overwrite: bool, tmp: Path | None = None) -> None:
+    """Run ``write(tmp)`` on a temporary directory path (by default a hidden sibling of
+    ``final``), then rename it to ``final``; on any failure the temporary one is removed."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_sibling(final)
+    tmp = tmp_sibling(final) if tmp is None else tmp
     try:
         write(tmp)
         publish_dir(tmp, final, overwrite)
