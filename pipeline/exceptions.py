@@ -5,6 +5,8 @@ what to do about it.  All derive from :class:`GMMPipelineError` so callers can c
 the ones about bad values also derive from :class:`ValueError`, as scikit-learn users expect.
 """
 
+from sklearn.exceptions import ConvergenceWarning as _SklearnConvergenceWarning
+
 
 class GMMPipelineError(Exception):
     """Base class of all gmm-pipeline errors."""
@@ -38,5 +40,9 @@ class CovarianceError(GMMPipelineError, ValueError):
     """A covariance matrix is not positive definite (a collapsed or degenerate component)."""
 
 
-class ConvergenceWarning(UserWarning):
-    """EM stopped at ``max_iter`` before the change of the mean log-likelihood fell below ``tol``."""
+class ConvergenceWarning(_SklearnConvergenceWarning):
+    """EM stopped at ``max_iter`` before the change of the mean log-likelihood fell below ``tol``.
+
+    A subclass of :class:`sklearn.exceptions.ConvergenceWarning`, so that filters written for
+    scikit-learn's estimators catch it too.
+    """
