@@ -55,7 +55,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
 
     Subclasses implement ``_check_parameters(n_samples, n_features)``,
     ``_compute_dtype(X)``, ``_initial_params(X, summary, rng, dtype)``,
-    ``_updater(summary)``, ``_set_fitted(result, dtype)`` and ``_plan()`` (the E-step plan of
+    ``_updater(summary)``, ``_set_fitted(result, dtype, out_dtype)`` and ``_plan()`` (the E-step plan of
     the fitted parameters) and keep the fitted parameters in ``self._mixture``.
     """
 
@@ -151,7 +151,10 @@ class BaseMixture(DensityMixin, BaseEstimator):
             if state.best is None or result.lower_bound > state.best.lower_bound:
                 state.best, state.best_init = result, init
             state.params, state.history = None, []
-        self._set_fitted(state.best, dtype)
+        # float32 fitted attributes for float32 data computed in float32 (scikit-learn's rule);
+        # otherwise float64, e.g. dtype="float32" compute on float64 data keeps float64 means
+        out_dtype = "float32" if X.dtype == np.float32 and dtype == "float32" else "float64"
+        self._set_fitted(state.best, dtype, out_dtype)
         self.best_init_ = state.best_init
         self.init_history_ = state.init_history
         self.fit_seconds_ = time.perf_counter() - t_start
@@ -209,7 +212,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
         )
 
     def _out_dtype(self):
-        return np.dtype(self._fit_dtype_) if hasattr(self, "_fit_dtype_") else np.dtype(np.float64)
+        return np.dtype(getattr(self, "_out_dtype_", "float64"))
 
     def predict_proba(self, X):
         """Responsibilities (n_samples, n_components), in the fitted dtype."""

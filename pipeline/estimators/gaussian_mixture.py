@@ -36,9 +36,10 @@ class GaussianMixture(BaseMixture):
     included) plus:
 
     dtype : {None, "float64", "float32"}
-        Compute precision of the E step and of the statistics' GEMMs, and the dtype of the
-        fitted attributes and of ``predict_proba``/``score_samples``.  None (default): the
+        Compute precision of the E step and of the statistics' GEMMs.  None (default): the
         input's floating dtype (float32 data: float32; float64 and integer data: float64).
+        The fitted attributes and ``predict_proba``/``score_samples`` are float32 when float32
+        data is computed in float32, float64 otherwise.
         Statistics are always accumulated in float64 across blocks and chunks.
     cache : {"auto", "memory", "none"}
         Whether to keep the data in (worker) memory between iterations.  "auto" persists data
@@ -184,11 +185,13 @@ class GaussianMixture(BaseMixture):
     def _updater(self, summary):
         return MaximumLikelihood(self.reg_covar, summary.scale)
 
-    def _set_fitted(self, result: EMResult, dtype="float64"):
+    def _set_fitted(self, result: EMResult, dtype="float64", out_dtype="float64"):
+        """Fitted attributes from ``result``: computed in ``dtype``, attributes in ``out_dtype``
+        (the exact float64 parameters stay in ``_mixture`` for predictions and saving)."""
         p = result.params
         self._mixture = p
-        self._fit_dtype_ = str(dtype)
-        cast = np.dtype(dtype).type
+        self._fit_dtype_, self._out_dtype_ = str(dtype), str(out_dtype)
+        cast = np.dtype(out_dtype).type
         self.weights_ = np.asarray(p.weights, dtype=cast)
         self.means_ = np.asarray(p.means, dtype=cast)
         self.covariances_ = np.asarray(p.covariances, dtype=cast)

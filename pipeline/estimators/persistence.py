@@ -58,6 +58,7 @@ def save_model(model, path) -> Path:
             "lower_bound_": model.lower_bound_,
             "n_features_in_": int(model.n_features_in_),
             "fit_dtype": str(getattr(model, "_fit_dtype_", "float64")),
+            "out_dtype": str(getattr(model, "_out_dtype_", "float64")),
         },
     }
     arrays = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
@@ -78,7 +79,7 @@ def load_model(cls, path):
         )
         fit_dtype = attrs.get("fit_dtype") or meta["params"].get("dtype") or "float64"
         result = EMResult(params, list(files["history"]), bool(attrs["converged_"]), int(attrs["n_iter_"]))
-        model._set_fitted(result, fit_dtype)
+        model._set_fitted(result, fit_dtype, attrs.get("out_dtype") or "float64")
         model.lower_bound_ = float(attrs["lower_bound_"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"model file {path} has inconsistent metadata: {exc}") from exc
