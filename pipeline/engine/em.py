@@ -18,13 +18,14 @@ from typing import Callable
 import dask
 import dask.array as da
 
+from pipeline import exceptions
 from pipeline.core.params import MixtureParams
 from pipeline.core.state import EMResult
 from pipeline.core.stats import SuffStats, vector_length
 from pipeline.core.updaters import MaximumLikelihood
 from pipeline.engine.graph import reduce_blocks
 from pipeline.engine.summary import summarize
-from pipeline.exceptions import ConvergenceWarning, DataError
+from pipeline.exceptions import DataError
 from pipeline.families import warn_floored
 from pipeline.kernels.cpu import chunk_stats
 
@@ -139,6 +140,6 @@ def warn_not_converged(result: EMResult, max_iter: int) -> None:
         warnings.warn(
             f"{NOT_CONVERGED} (EM stopped at max_iter={max_iter} iterations; last change of the "
             f"mean log-likelihood {last:.3g}.)",
-            ConvergenceWarning,
+            exceptions.ConvergenceWarning,  # made on first use (it imports scikit-learn)
             stacklevel=3,
         )
