@@ -38,5 +38,25 @@ class CovarianceError(GMMPipelineError, ValueError):
     """A covariance matrix is not positive definite (a collapsed or degenerate component)."""
 
 
-class ConvergenceWarning(UserWarning):
-    """EM stopped at ``max_iter`` before the change of the mean log-likelihood fell below ``tol``."""
+def _convergence_warning():
+    from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
+
+    class ConvergenceWarning(SklearnConvergenceWarning):
+        """EM stopped at ``max_iter`` before the change of the mean log-likelihood fell below ``tol``.
+
+        A subclass of :class:`sklearn.exceptions.ConvergenceWarning`, so that filters written for
+        scikit-learn's estimators catch it too.
+        """
+
+    ConvergenceWarning.__module__ = __name__
+    ConvergenceWarning.__qualname__ = "ConvergenceWarning"
+    return ConvergenceWarning
+
+
+def __getattr__(name):
+    # ConvergenceWarning is made on first use: importing scikit-learn costs ~40 MB, which Dask
+    # workers (they import this module through the kernels) must not pay
+    if name == "ConvergenceWarning":
+        globals()[name] = cls = _convergence_warning()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

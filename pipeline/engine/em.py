@@ -18,13 +18,14 @@ from typing import Callable
 import dask
 import dask.array as da
 
+from pipeline import exceptions
 from pipeline.core.params import MixtureParams
 from pipeline.core.state import EMResult
 from pipeline.core.stats import SuffStats, vector_length
 from pipeline.core.updaters import MaximumLikelihood
 from pipeline.engine.graph import reduce_blocks
 from pipeline.engine.summary import summarize
-from pipeline.exceptions import ConvergenceWarning, DataError
+from pipeline.exceptions import DataError
 from pipeline.families import warn_floored
 from pipeline.kernels.cpu import chunk_stats
 
@@ -74,6 +75,7 @@ def run_em(
     callback: Callable[[IterationInfo], None] | None = None,
     name: str = "data",
     updater=None,
+    lower_bound: float | None = None,
 ) -> EMResult:
     """EM from ``params`` until ``|change of the objective| < tol`` or ``max_iter``.
 
@@ -84,11 +86,18 @@ def run_em(
     ``history`` (mean log-likelihoods of earlier iterations) resumes an interrupted run: the
     iteration count continues from ``len(history)``.  The mean log-likelihood of iteration i is
     computed under the parameters before its M step (as scikit-learn's ``lower_bounds_``).
+
+    ``lower_bound`` (without ``history``) is the objective the first change is measured from:
+    scikit-learn's ``warm_start`` continues a previous fit from its ``lower_bound_``, counting
+    iterations from 1 again.
     """
     if updater is None:
         updater = MaximumLikelihood(reg_covar, scale)
     history = list(history or [])
-    lower_bound = history[-1] if history else -math.inf
+    if history:
+        lower_bound = history[-1]
+    elif lower_bound is None:
+        lower_bound = -math.inf
     converged = False
     n_iter = len(history)
     if history and len(history) >= 2 and abs(history[-1] - history[-2]) < tol:
@@ -118,12 +127,19 @@ def run_em(
     return EMResult(params, history, converged, n_iter)
 
 
+#: scikit-learn's wording, so that users' (and scikit-learn's tests') filters recognise it
+NOT_CONVERGED = (
+    "Best performing initialization did not converge. Try different init parameters, or "
+    "increase max_iter, tol, or check for degenerate data."
+)
+
+
 def warn_not_converged(result: EMResult, max_iter: int) -> None:
     if not result.converged and max_iter > 0:
+        last = result.history[-1] - result.history[-2] if len(result.history) > 1 else float("nan")
         warnings.warn(
-            f"EM did not converge in max_iter={max_iter} iterations (last change of the mean "
-            f"log-likelihood {result.history[-1] - result.history[-2] if len(result.history) > 1 else float('nan'):.3g}). "
-            "Increase max_iter or tol, try other initial parameters, or check for degenerate data.",
-            ConvergenceWarning,
+            f"{NOT_CONVERGED} (EM stopped at max_iter={max_iter} iterations; last change of the "
+            f"mean log-likelihood {last:.3g}.)",
+            exceptions.ConvergenceWarning,  # made on first use (it imports scikit-learn)
             stacklevel=3,
         )

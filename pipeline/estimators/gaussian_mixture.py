@@ -13,38 +13,34 @@ metadata with a SHA-256 checksum of each array: no pickle, loading never execute
 
 from __future__ import annotations
 
-import inspect
 import numbers
-import sys
-import time
 
-import dask
-import dask.array as da
 import numpy as np
+from sklearn.utils.validation import check_is_fitted
 
 from pipeline.core.params import MixtureParams
-from pipeline.core.state import EMResult, FitState
-from pipeline.engine.em import IterationInfo, run_em, warn_not_converged
-from pipeline.engine.graph import reduce_blocks
+from pipeline.core.state import EMResult
+from pipeline.core.updaters import MaximumLikelihood
 from pipeline.engine.init import initialize
-from pipeline.engine.resources import should_cache, single_threaded_blas
-from pipeline.engine.summary import summarize
 from pipeline.estimators import persistence
-from pipeline.estimators.validation import check_array
+from pipeline.estimators.base import BaseMixture
 from pipeline.exceptions import DataError
 from pipeline.families import COVARIANCE_TYPES, get_family
-from pipeline.kernels.cpu import labels_block, proba_block, score_block, score_sum_block
 from pipeline.options import CACHE_MODES, DTYPES, INIT_PARAMS, check_chunk_rows
 
 
-class GaussianMixture:
+class GaussianMixture(BaseMixture):
     """Gaussian mixture model fitted by EM on chunked (possibly larger-than-memory) data.
 
-    Parameters are scikit-learn's (see ``sklearn.mixture.GaussianMixture``) plus:
+    Parameters are scikit-learn's (see ``sklearn.mixture.GaussianMixture``, ``warm_start``
+    included) plus:
 
-    dtype : {"float64", "float32"}
-        Compute precision of the E step and of the statistics' GEMMs.  Statistics are always
-        accumulated in float64 across blocks and chunks.
+    dtype : {None, "float64", "float32"}
+        Compute precision of the E step and of the statistics' GEMMs.  None (default): the
+        input's floating dtype (float32 data: float32; float64 and integer data: float64).
+        The fitted attributes and ``predict_proba``/``score_samples`` are float32 when float32
+        data is computed in float32, float64 otherwise.
+        Statistics are always accumulated in float64 across blocks and chunks.
     cache : {"auto", "memory", "none"}
         Whether to keep the data in (worker) memory between iterations.  "auto" persists data
         that is already in memory (NumPy input, persisted Dask arrays) or small (< 1/4 of the
@@ -70,75 +66,36 @@ class GaussianMixture:
         means_init=None,
         precisions_init=None,
         random_state=None,
+        warm_start=False,
         verbose=0,
         verbose_interval=10,
-        dtype="float64",
+        dtype=None,
         cache="auto",
         chunk_rows="auto",
     ):
-        self.n_components = n_components
+        super().__init__(
+            n_components, tol=tol, reg_covar=reg_covar, max_iter=max_iter, n_init=n_init,
+            init_params=init_params, random_state=random_state, warm_start=warm_start,
+            verbose=verbose, verbose_interval=verbose_interval,
+        )
         self.covariance_type = covariance_type
-        self.tol = tol
-        self.reg_covar = reg_covar
-        self.max_iter = max_iter
-        self.n_init = n_init
-        self.init_params = init_params
         self.weights_init = weights_init
         self.means_init = means_init
         self.precisions_init = precisions_init
-        self.random_state = random_state
-        self.verbose = verbose
-        self.verbose_interval = verbose_interval
         self.dtype = dtype
         self.cache = cache
         self.chunk_rows = chunk_rows
 
-    # ------------------------------------------------------------------ sklearn plumbing
-    @classmethod
-    def _get_param_names(cls):
-        sig = inspect.signature(cls.__init__)
-        return sorted(p for p in sig.parameters if p != "self")
-
-    def get_params(self, deep=True):
-        return {name: getattr(self, name) for name in self._get_param_names()}
-
-    def set_params(self, **params):
-        valid = self._get_param_names()
-        for key, value in params.items():
-            if key not in valid:
-                raise ValueError(
-                    f"Invalid parameter {key!r} for estimator GaussianMixture. Valid parameters are: {valid!r}."
-                )
-            setattr(self, key, value)
-        return self
-
-    def __repr__(self):
-        defaults = {
-            p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values() if p.name != "self"
-        }
-        changed = []
-        for k, v in self.get_params().items():
-            d = defaults.get(k)
-            same = v is d or (not isinstance(v, np.ndarray) and not isinstance(d, np.ndarray) and v == d)
-            if not same:
-                changed.append(f"{k}={v!r}")
-        return f"GaussianMixture({', '.join(changed)})"
-
-    def __sklearn_tags__(self):
-        """Estimator tags for scikit-learn tooling (only called by scikit-learn itself)."""
-        from sklearn.utils import Tags, TargetTags
-
-        return Tags(estimator_type="clusterer", target_tags=TargetTags(required=False))
-
-    _estimator_type = "clusterer"
-
     # ------------------------------------------------------------------ validation
-    def _validate_params(self, n_samples):
+    def _check_parameters(self, n_samples, n_features):
         def err(name, msg):
             raise ValueError(f"GaussianMixture parameter {name!r} {msg}; got {getattr(self, name)!r}")
 
         def integer(v):
             return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        def real(v):
+            return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
         if not integer(self.n_components) or self.n_components < 1:
             err("n_components", "must be an integer >= 1")
@@ -146,9 +103,9 @@ class GaussianMixture:
             get_family(self.covariance_type)
         except ValueError:
             err("covariance_type", f"must be one of {', '.join(COVARIANCE_TYPES)}")
-        if not isinstance(self.tol, numbers.Real) or isinstance(self.tol, bool) or self.tol < 0:
+        if not real(self.tol) or self.tol < 0:
             err("tol", "must be a number >= 0")
-        if not isinstance(self.reg_covar, numbers.Real) or isinstance(self.reg_covar, bool) or self.reg_covar < 0:
+        if not real(self.reg_covar) or self.reg_covar < 0:
             err("reg_covar", "must be a number >= 0")
         if not integer(self.max_iter) or self.max_iter < 0:
             err("max_iter", "must be an integer >= 0")
@@ -156,8 +113,14 @@ class GaussianMixture:
             err("n_init", "must be an integer >= 1")
         if self.init_params not in INIT_PARAMS:
             err("init_params", f"must be one of {', '.join(INIT_PARAMS)}")
-        if str(self.dtype) not in DTYPES:
-            err("dtype", f"must be one of {', '.join(DTYPES)}")
+        if not isinstance(self.warm_start, (bool, np.bool_)):
+            err("warm_start", "must be a boolean")
+        if not (integer(self.verbose) or isinstance(self.verbose, (bool, np.bool_))) or self.verbose < 0:
+            err("verbose", "must be an integer >= 0")
+        if not integer(self.verbose_interval) or self.verbose_interval < 1:
+            err("verbose_interval", "must be an integer >= 1")
+        if self.dtype is not None and str(self.dtype) not in DTYPES:
+            err("dtype", f"must be None or one of {', '.join(DTYPES)}")
         if self.cache not in CACHE_MODES:
             err("cache", f"must be one of {', '.join(CACHE_MODES)}")
         check_chunk_rows(self.chunk_rows)
@@ -166,175 +129,90 @@ class GaussianMixture:
                 f"Expected n_samples >= n_components but got n_components = {self.n_components}, "
                 f"n_samples = {n_samples}"
             )
+        self._check_inits(n_features)
 
-    def _validate_inits(self, n_features):
+    def _check_inits(self, n_features):
+        """weights_init/means_init/precisions_init, with scikit-learn's messages (after ours)."""
         k, d = self.n_components, n_features
         if self.weights_init is not None:
             w = np.asarray(self.weights_init, dtype=np.float64)
             if w.shape != (k,):
-                raise ValueError(f"weights_init must have shape ({k},); got {w.shape}")
-            if np.any(w < 0) or np.any(w > 1) or not np.isclose(w.sum(), 1.0, atol=1e-6):
-                raise ValueError(f"weights_init must be in [0, 1] and sum to 1; got sum {w.sum():.6g}")
+                raise ValueError(
+                    f"weights_init must have shape ({k},): The parameter 'weights' should have the "
+                    f"shape of ({k},), but got {w.shape}"
+                )
+            if np.any(w < 0) or np.any(w > 1):
+                raise ValueError(
+                    "weights_init must be in [0, 1] and sum to 1: The parameter 'weights' should be "
+                    f"in the range [0, 1], but got max value {np.min(w):.5f}, min value {np.max(w):.5f}"
+                )
+            if not np.allclose(np.abs(1.0 - np.sum(w)), 0.0, atol=1e-6 if w.dtype == np.float64 else 1e-5):
+                raise ValueError(
+                    "weights_init must sum to 1: The parameter 'weights' should be normalized, but got "
+                    f"sum(weights) = {np.sum(w):.5f}"
+                )
         if self.means_init is not None:
             m = np.asarray(self.means_init, dtype=np.float64)
             if m.shape != (k, d):
-                raise ValueError(f"means_init must have shape ({k}, {d}); got {m.shape}")
+                raise ValueError(
+                    f"means_init must have shape ({k}, {d}): The parameter 'means' should have the "
+                    f"shape of ({k}, {d}), but got {m.shape}"
+                )
         if self.precisions_init is not None:
-            shape = get_family(self.covariance_type).covariance_shape(k, d)
+            family = get_family(self.covariance_type)
+            shape = family.covariance_shape(k, d)
             p = np.asarray(self.precisions_init, dtype=np.float64)
             if p.shape != shape:
                 raise ValueError(
-                    f"precisions_init for covariance_type={self.covariance_type!r} must have shape {shape}; got {p.shape}"
+                    f"precisions_init for covariance_type={self.covariance_type!r} must have shape "
+                    f"{shape}: The parameter '{family.name} precision' should have the shape of "
+                    f"{shape}, but got {p.shape}"
                 )
+            family.precision_cholesky_from_precisions(p)  # raises if not positive (definite)
 
-    def _rng(self):
-        rs = self.random_state
-        if isinstance(rs, np.random.Generator):
-            return rs
-        if isinstance(rs, np.random.RandomState):
-            return np.random.default_rng(rs.randint(2**31))
-        return np.random.default_rng(rs)
+    def _compute_dtype(self, X) -> str:
+        if self.dtype is not None:
+            return str(np.dtype(self.dtype))
+        return "float32" if X.dtype == np.float32 else "float64"
 
-    # ------------------------------------------------------------------ caching
-    def _maybe_cache(self, X: da.Array, was_dask: bool) -> da.Array:
-        """Persist X in (worker) memory if :func:`should_cache` says so; sets ``data_cached_``."""
-        self.data_cached_ = should_cache(X, self.cache, was_dask)
-        return X.persist() if self.data_cached_ else X
-
-    # ------------------------------------------------------------------ fitting
-    def fit(self, X, y=None, *, callback=None, resume=None, data_name=None, summary=None):
-        """Fit by EM.
-
-        callback : called as ``callback(info)`` after every EM iteration with an
-            :class:`pipeline.engine.em.IterationInfo` whose ``state`` (a :class:`FitState`) is enough to
-            resume the fit later (the CLI checkpoints it).
-        resume : a :class:`FitState` from such a callback: the fit continues from it, with the
-            same result as an uninterrupted fit.
-        data_name : what to call the data in error messages (e.g. its path); default "X".
-        summary : the :class:`pipeline.engine.summary.DataSummary` of X if the caller already made that pass
-            (row count, moments, finiteness check); else the fit makes it.
-        """
-        with single_threaded_blas():
-            self._fit(X, callback=callback, resume=resume, data_name=data_name, summary=summary)
-        return self
-
-    def fit_predict(self, X, y=None):
-        return self.fit(X).predict(X)
-
-    def _fit(self, X, callback=None, resume=None, data_name=None, summary=None):
-        t_start = time.perf_counter()
-        name = data_name or "X"
-        X, was_dask = check_array(X, name=name, chunk_rows=self.chunk_rows)
-        self._validate_params(X.shape[0])
-        self._validate_inits(X.shape[1])
-        X = self._maybe_cache(X, was_dask)
-        if summary is None:
-            summary = summarize(X, name)
-        self.n_features_in_ = X.shape[1]
-        rng = self._rng()
-        state = FitState() if resume is None else resume
-        for init in range(state.init, self.n_init):
-            if self.verbose:
-                print(f"Initialization {init}", file=sys.stderr)
-            if resume is not None and init == resume.init and resume.params is not None:
-                rng.bit_generator.state = resume.rng_state
-                params0, history = resume.params, resume.history
-            else:
-                params0 = initialize(
-                    X, summary, self.n_components, self.covariance_type, self.init_params, rng,
-                    self.reg_covar, self.dtype, self.weights_init, self.means_init, self.precisions_init,
-                )
-                history = []
-            state.init, state.rng_state = init, rng.bit_generator.state
-            if self.max_iter == 0:
-                result = EMResult(params0, [], False, 0)
-            else:
-                result = run_em(
-                    X, params0, tol=self.tol, max_iter=self.max_iter, reg_covar=self.reg_covar,
-                    dtype=str(self.dtype), scale=summary.scale, history=history, name=name,
-                    callback=self._make_callback(callback, state),
-                )
-            state.init_history.append(result.history)
-            if state.best is None or result.lower_bound > state.best.lower_bound:
-                state.best, state.best_init = result, init
-            state.params, state.history = None, []
-        self._set_fitted(state.best)
-        self.best_init_ = state.best_init
-        self.init_history_ = state.init_history
-        self.fit_seconds_ = time.perf_counter() - t_start
-        warn_not_converged(state.best, self.max_iter)
-        return X
-
-    def _make_callback(self, user_callback, state):
-        def cb(info: IterationInfo):
-            state.params, state.history = info.params, list(info.history)
-            info.state = state
-            if self.verbose and (self.verbose >= 2 or info.n_iter % self.verbose_interval == 0):
-                print(
-                    f"  Iteration {info.n_iter}\t time lapse {info.seconds:.5f}s\t ll change {info.change:.5f}",
-                    file=sys.stderr,
-                )
-            if user_callback is not None:
-                user_callback(info)
-
-        return cb
-
-    def _set_fitted(self, result: EMResult):
-        p = result.params
-        self.weights_ = p.weights
-        self.means_ = p.means
-        self.covariances_ = p.covariances
-        self.precisions_cholesky_ = p.precisions_cholesky
-        self.precisions_ = p.family.precisions(p.precisions_cholesky)
-        self.converged_ = bool(result.converged)
-        self.n_iter_ = int(result.n_iter)
-        self.lower_bound_ = float(result.lower_bound)
-        self.history_ = list(map(float, result.history))
-        self.lower_bounds_ = self.history_
-
-    def _params(self) -> MixtureParams:
-        if not hasattr(self, "means_"):
-            raise AttributeError(
-                "This GaussianMixture instance is not fitted yet. Call 'fit' with appropriate arguments first."
-            )
-        return MixtureParams(self.weights_, self.means_, self.covariances_, self.precisions_cholesky_, self.covariance_type)
-
-    # ------------------------------------------------------------------ prediction
-    def _blockwise(self, X, fn, out_cols, dtype=np.float64):
-        params = self._params()
-        Xd, was_dask = check_array(X, n_features=self.n_features_in_, chunk_rows=self.chunk_rows)
-        plan = params.plan(str(self.dtype))
-        if not was_dask:
-            return fn(np.asarray(X), plan)
-        chunks = (Xd.chunks[0],) if out_cols is None else (Xd.chunks[0], (out_cols,))
-        kwargs = {"drop_axis": 1} if out_cols is None else {}
-        return Xd.map_blocks(
-            fn, dask.delayed(plan, pure=True), chunks=chunks, dtype=dtype, meta=np.empty((0,) * len(chunks), dtype=dtype), **kwargs
+    # ------------------------------------------------------------------ the model
+    def _initial_params(self, X, summary, rng, dtype):
+        return initialize(
+            X, summary, self.n_components, self.covariance_type, self.init_params, rng,
+            self.reg_covar, dtype, self.weights_init, self.means_init, self.precisions_init,
         )
 
-    def predict_proba(self, X):
-        """Responsibilities (n_samples, n_components) float64."""
-        return self._blockwise(X, proba_block, self.n_components)
+    def _updater(self, summary):
+        return MaximumLikelihood(self.reg_covar, summary.scale)
 
-    def predict(self, X):
-        """Hard labels (n_samples,) int64: the component of highest responsibility."""
-        return self._blockwise(X, labels_block, None, dtype=np.int64)
+    def _set_fitted(self, result: EMResult, dtype="float64", out_dtype="float64"):
+        """Fitted attributes from ``result``: computed in ``dtype``, attributes in ``out_dtype``
+        (the exact float64 parameters stay in ``_mixture`` for predictions and saving)."""
+        p = result.params
+        self._mixture = p
+        self._fit_dtype_, self._out_dtype_ = str(dtype), str(out_dtype)
+        cast = np.dtype(out_dtype).type
+        self.weights_ = np.asarray(p.weights, dtype=cast)
+        self.means_ = np.asarray(p.means, dtype=cast)
+        self.covariances_ = np.asarray(p.covariances, dtype=cast)
+        self.precisions_cholesky_ = np.asarray(p.precisions_cholesky, dtype=cast)
+        self.precisions_ = np.asarray(p.family.precisions(p.precisions_cholesky), dtype=cast)
+        self._set_result(result)
 
-    def score_samples(self, X):
-        """log p(x) per sample (n_samples,) float64."""
-        return self._blockwise(X, score_block, None)
+    def _params(self) -> MixtureParams:
+        check_is_fitted(self)
+        if getattr(self, "_mixture", None) is not None:
+            return self._mixture
+        return MixtureParams(self.weights_, self.means_, self.covariances_, self.precisions_cholesky_, self.covariance_type)
 
-    def score(self, X, y=None):
-        """Mean log-likelihood of X (a float), one pass over the data."""
-        return self.information_criteria(X)["loglik"]
+    def _plan(self):
+        return self._params().plan(self._fit_dtype_ if hasattr(self, "_fit_dtype_") else "float64")
 
+    # ------------------------------------------------------------------ model selection
     def information_criteria(self, X) -> dict:
         """One pass: mean log-likelihood ``loglik``, ``n_samples``, ``bic`` and ``aic`` of X."""
-        params = self._params()
-        Xd, _ = check_array(X, n_features=self.n_features_in_, chunk_rows=self.chunk_rows)
-        plan = params.plan(str(self.dtype))
-        total, n = reduce_blocks(Xd, score_sum_block, 2, dask.delayed(plan, pure=True))
-        loglik, p = float(total / n), params.n_parameters()
+        total, n = self._score_sum(X)
+        loglik, p = total / n, self._params().n_parameters()
         return {
             "loglik": loglik,
             "n_samples": int(n),
@@ -356,10 +234,13 @@ class GaussianMixture:
 
     def sample(self, n_samples=1, random_state=None):
         """Draw ``n_samples`` points: returns (X (n, D), y (n,)) NumPy arrays."""
+        p = self._params()
         if n_samples < 1:
             raise ValueError(f"Invalid value for 'n_samples': {n_samples}. The sampling requires at least one sample.")
-        p = self._params()
-        rng = np.random.default_rng(random_state if random_state is not None else self.random_state)
+        rs = random_state if random_state is not None else self.random_state
+        if isinstance(rs, np.random.RandomState):
+            rs = rs.randint(2**31)
+        rng = np.random.default_rng(rs)
         counts = rng.multinomial(n_samples, p.weights / p.weights.sum())
         xs = p.family.sample(rng, p.means, p.covariances, counts)
         y = np.concatenate([np.full(c, k, dtype=np.int64) for k, c in enumerate(counts)])

@@ -35,11 +35,12 @@ def _json_value(v):
 
 def save_model(model, path) -> Path:
     """Write a fitted estimator to ``path`` (.npz + JSON metadata, checksummed), atomically."""
+    fitted = model._params()  # the exact (float64) parameters, whatever the attributes' dtype
     arrays = {
-        "weights": model.weights_,
-        "means": model.means_,
-        "covariances": model.covariances_,
-        "precisions_cholesky": model.precisions_cholesky_,
+        "weights": fitted.weights,
+        "means": fitted.means,
+        "covariances": fitted.covariances,
+        "precisions_cholesky": fitted.precisions_cholesky,
         "history": np.asarray(model.history_, dtype=np.float64),
     }
     params = {
@@ -56,6 +57,8 @@ def save_model(model, path) -> Path:
             "n_iter_": model.n_iter_,
             "lower_bound_": model.lower_bound_,
             "n_features_in_": int(model.n_features_in_),
+            "fit_dtype": str(getattr(model, "_fit_dtype_", "float64")),
+            "out_dtype": str(getattr(model, "_out_dtype_", "float64")),
         },
     }
     arrays = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
@@ -74,7 +77,9 @@ def load_model(cls, path):
             files["weights"], files["means"], files["covariances"], files["precisions_cholesky"],
             meta["params"]["covariance_type"],
         )
-        model._set_fitted(EMResult(params, list(files["history"]), bool(attrs["converged_"]), int(attrs["n_iter_"])))
+        fit_dtype = attrs.get("fit_dtype") or meta["params"].get("dtype") or "float64"
+        result = EMResult(params, list(files["history"]), bool(attrs["converged_"]), int(attrs["n_iter_"]))
+        model._set_fitted(result, fit_dtype, attrs.get("out_dtype") or "float64")
         model.lower_bound_ = float(attrs["lower_bound_"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"model file {path} has inconsistent metadata: {exc}") from exc

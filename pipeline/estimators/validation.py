@@ -13,6 +13,63 @@ def _is_dask(X) -> bool:
     return isinstance(X, da.Array)
 
 
+def _problem(X, name="X"):
+    """Our description of what is wrong with in-memory ``X`` (None if we see nothing)."""
+    try:
+        check_array(np.asarray(X), name=name, chunk_rows=None)
+    except DataError as exc:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - only a description is wanted here
+        return None
+    return None
+
+
+def validate_input(estimator, X, *, reset, name="X", chunk_rows="auto", n_features=None):
+    """Validate input of a scikit-learn-facing estimator; returns (row-chunked Dask array,
+    input_was_dask).
+
+    In-memory input (NumPy, lists, pandas, ...) goes through scikit-learn's
+    :func:`sklearn.utils.validation.validate_data`: it sets (``reset=True``) or checks
+    ``n_features_in_``/``feature_names_in_`` and converts to float64 (float32 stays float32).
+    Its ValueErrors become :class:`DataError` carrying our description first, then
+    scikit-learn's own message; its TypeErrors (sparse input, objects that are not numbers)
+    are raised as they are.  Values are not checked for NaN/inf here: the first pass does it
+    and names the chunks.
+
+    Dask input is checked on its metadata only (dtype, ndim, feature count; nothing is
+    computed) by :func:`check_array`; ``reset=True`` sets ``n_features_in_``.
+    """
+    if _is_dask(X):
+        expected = None if reset else getattr(estimator, "n_features_in_", n_features)
+        Xd, was_dask = check_array(X, name=name, n_features=expected, chunk_rows=chunk_rows)
+        if reset:
+            estimator.n_features_in_ = Xd.shape[1]
+            if hasattr(estimator, "feature_names_in_"):
+                del estimator.feature_names_in_
+        return Xd, was_dask
+    from sklearn.utils.validation import validate_data
+
+    try:
+        arr = validate_data(
+            estimator, X, reset=reset, dtype=[np.float64, np.float32], ensure_all_finite=False,
+            ensure_min_samples=1,
+        )
+    except ValueError as exc:
+        ours = _problem(X, name)
+        if ours is None and not reset and hasattr(estimator, "n_features_in_"):
+            try:
+                width = np.shape(X)[1]
+            except Exception:  # noqa: BLE001
+                width = None
+            if width is not None and width != estimator.n_features_in_:
+                ours = (
+                    f"{name} has {width} features, but the {type(estimator).__name__} was fitted "
+                    f"with {estimator.n_features_in_} features"
+                )
+        raise DataError(f"{ours}. {exc}" if ours else str(exc)) from exc
+    return check_array(arr, name=name, chunk_rows=chunk_rows)
+
+
 def check_array(X, name="X", n_features=None, chunk_rows="auto") -> tuple[da.Array, bool]:
     """Validate and wrap input as a row-chunked Dask array; returns (array, input_was_dask).
 

@@ -197,9 +197,15 @@ class EllipsoidalFamily(CovarianceFamily):
     def precision_cholesky_from_precisions(self, precisions):
         precisions = np.asarray(precisions, dtype=np.float64)
         try:
-            return self._from_matrices(np.stack([upper_precision_cholesky(p) for p in self._matrices(precisions)]))
+            mats = self._matrices(precisions)
+            if not all(np.allclose(p, p.T) for p in mats):
+                raise linalg.LinAlgError("not symmetric")
+            return self._from_matrices(np.stack([upper_precision_cholesky(p) for p in mats]))
         except linalg.LinAlgError as exc:
-            raise ValueError("precisions_init must be symmetric positive definite") from exc
+            raise ValueError(
+                f"precisions_init must be symmetric positive definite: '{self.name} precision' should be "
+                "symmetric, positive-definite"
+            ) from exc
 
     def precisions(self, prec_chol):
         mats = self._matrices(prec_chol)
@@ -258,7 +264,7 @@ class AxisAlignedFamily(CovarianceFamily):
     def precision_cholesky_from_precisions(self, precisions):
         precisions = np.asarray(precisions, dtype=np.float64)
         if np.any(precisions <= 0.0):
-            raise ValueError("precisions_init must be positive")
+            raise ValueError(f"precisions_init must be positive: '{self.name} precision' should be positive")
         return np.sqrt(precisions)
 
     def precisions(self, prec_chol):
