@@ -32,9 +32,10 @@ logger = logging.getLogger("pipeline")
 
 @contextmanager
 def verbose_logging(verbose):
-    """While fitting with ``verbose > 0``: if the "pipeline" logger has no handler, one that
-    writes to (the current) ``sys.stdout`` is attached and the level lowered to INFO."""
-    if not verbose or logger.handlers:
+    """While fitting with ``verbose > 0``: if the "pipeline" logger has no handler that shows
+    anything (the package installs only a NullHandler), one that writes to (the current)
+    ``sys.stdout`` is attached and the level lowered to INFO."""
+    if not verbose or any(not isinstance(h, logging.NullHandler) for h in logger.handlers):
         yield
         return
     handler = logging.StreamHandler(sys.stdout)
