@@ -24,6 +24,12 @@ CHUNK_ROWS_DEFAULT = "auto"
 CHUNK_ROWS_WORDS = ("auto",)
 CHUNK_ROWS_ACCEPTED = "None, 'auto' or an integer >= 1"
 
+#: written chunks of Zarr stores we create (``generate``, ``convert``): rows per stored chunk
+STORE_CHUNK_ROWS = 65536
+#: defaults of synthetic data: :func:`pipeline.data.synthetic.generate_mixture`, YAML
+#: ``data.generate`` and ``gmm-pipeline generate``
+GENERATE_DEFAULTS = {"seed": 0, "chunk_rows": STORE_CHUNK_ROWS, "dtype": "float32", "separation": 8.0}
+
 #: defaults of a cluster section (YAML ``cluster:``) and of :func:`pipeline.batch.cluster.connect`
 CLUSTER_DEFAULTS = {
     "kind": "local",

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.exceptions import ConfigError, GMMPipelineError
+from pipeline.options import DTYPES, GENERATE_DEFAULTS, STORE_CHUNK_ROWS
 
 
 def _chunk_rows(text: str):
@@ -55,17 +56,17 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--n-samples", type=int, required=True)
     g.add_argument("--n-features", type=int, required=True)
     g.add_argument("--n-components", type=int, required=True)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--chunk-rows", type=int, default=65536)
-    g.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    g.add_argument("--separation", type=float, default=8.0)
+    g.add_argument("--seed", type=int, default=GENERATE_DEFAULTS["seed"])
+    g.add_argument("--chunk-rows", type=int, default=GENERATE_DEFAULTS["chunk_rows"])
+    g.add_argument("--dtype", default=GENERATE_DEFAULTS["dtype"], choices=DTYPES)
+    g.add_argument("--separation", type=float, default=GENERATE_DEFAULTS["separation"])
     g.add_argument("--out", required=True, help="output Zarr group (X, labels, true parameters)")
     g.add_argument("--overwrite", action="store_true")
 
     c = sub.add_parser("convert", help="convert .npy (memory-mapped) or CSV (streamed) to a Zarr array")
     c.add_argument("input")
     c.add_argument("output")
-    c.add_argument("--chunk-rows", type=int, default=65536)
+    c.add_argument("--chunk-rows", type=int, default=STORE_CHUNK_ROWS)
     c.add_argument("--overwrite", action="store_true")
 
     pr = sub.add_parser("predict", help="labels and responsibilities of new data with a saved model")

@@ -61,6 +61,7 @@ from pipeline.options import (
     CLUSTER_DEFAULTS,
     CLUSTER_KINDS,
     DTYPES,
+    GENERATE_DEFAULTS,
     INIT_PARAMS,
 )
 
@@ -94,10 +95,10 @@ class GenerateConfig:
     n_samples: int = 1_000_000
     n_features: int = 8
     n_components: int = 5
-    seed: int = 0
-    chunk_rows: int = 65536
-    dtype: str = "float32"
-    separation: float = 8.0
+    seed: int = GENERATE_DEFAULTS["seed"]
+    chunk_rows: int = GENERATE_DEFAULTS["chunk_rows"]
+    dtype: str = GENERATE_DEFAULTS["dtype"]
+    separation: float = GENERATE_DEFAULTS["separation"]
 
 
 @dataclass(frozen=True)

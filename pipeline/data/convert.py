@@ -13,13 +13,14 @@ import zarr
 
 from pipeline.data.zarr_io import check_shape_dtype
 from pipeline.exceptions import DataError, OutputExistsError
+from pipeline.options import STORE_CHUNK_ROWS
 from pipeline.storage.atomic import location, write_dir_atomically
 
 
 def convert(
     in_path: str | os.PathLike,
     out_path: str | os.PathLike,
-    chunk_rows: int = 65536,
+    chunk_rows: int = STORE_CHUNK_ROWS,
     dtype: str | None = None,
     overwrite: bool = False,
 ) -> tuple[int, int]:

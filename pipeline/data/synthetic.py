@@ -15,6 +15,7 @@ import numpy as np
 import zarr
 
 from pipeline.exceptions import OutputExistsError
+from pipeline.options import GENERATE_DEFAULTS
 from pipeline.storage.atomic import location, write_dir_atomically
 
 #: parameters of :func:`generate_mixture` come from this stream, independent of every chunk's
@@ -63,10 +64,10 @@ def generate_mixture(
     n_samples: int,
     n_features: int,
     n_components: int,
-    seed: int = 0,
-    chunk_rows: int = 65536,
-    dtype: str = "float32",
-    separation: float = 8.0,
+    seed: int = GENERATE_DEFAULTS["seed"],
+    chunk_rows: int = GENERATE_DEFAULTS["chunk_rows"],
+    dtype: str = GENERATE_DEFAULTS["dtype"],
+    separation: float = GENERATE_DEFAULTS["separation"],
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write a synthetic Gaussian mixture to a new Zarr v3 group at ``out_path``.
