@@ -112,3 +112,17 @@ def test_sklearns_own_gaussian_mixture_tests_pass(tmp_path):
     print(f"scikit-learn's test_gaussian_mixture.py: {summary} ({seconds:.0f} s)")
     assert counts.get("failed", 0) == 0 and counts.get("error", 0) + counts.get("errors", 0) == 0, r.stdout[-6000:]
     assert counts.get("passed", 0) >= 56, summary  # 56 measured with scikit-learn 1.9.1
+
+
+def test_verbose_zero_logs_nothing(caplog):
+    """verbose=0 (the default) keeps the estimator silent, also when the pipeline logger shows
+    INFO records (as under the gmm-pipeline command)."""
+    import logging
+
+    X = np.random.default_rng(3).normal(size=(200, 2))
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        GaussianMixture(2, random_state=0).fit(X)
+    assert not [r for r in caplog.records if r.name.startswith("pipeline")]
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        GaussianMixture(2, verbose=1, verbose_interval=1, random_state=0).fit(X)
+    assert any("Initialization 0" in r.getMessage() for r in caplog.records)

@@ -128,7 +128,8 @@ class BaseMixture(DensityMixin, BaseEstimator):
         state = FitState() if resume is None else resume
         updater = self._updater(summary)
         for init in range(state.init, n_init):
-            logger.info("Initialization %d", init)
+            if self.verbose:
+                logger.info("Initialization %d", init)
             t_init = time.perf_counter()
             start_bound = None
             if resume is not None and init == resume.init and resume.params is not None:
@@ -163,6 +164,8 @@ class BaseMixture(DensityMixin, BaseEstimator):
         return X
 
     def _log_init_end(self, result, seconds):
+        if not self.verbose:
+            return
         msg = "converged" if result.converged else "did not converge"
         if self.verbose >= 2:
             logger.info("Initialization %s. time lapse %.5fs\t lower bound %.5f.", msg, seconds, result.lower_bound)
@@ -173,7 +176,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
         def cb(info: IterationInfo):
             state.params, state.history = info.params, list(info.history)
             info.state = state
-            if info.n_iter % self.verbose_interval == 0:
+            if self.verbose and info.n_iter % self.verbose_interval == 0:
                 if self.verbose >= 2:
                     logger.info("  Iteration %d\t time lapse %.5fs\t ll change %.5f", info.n_iter, info.seconds, info.change)
                 else:
