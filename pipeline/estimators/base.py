@@ -82,8 +82,9 @@ class BaseMixture(DensityMixin, BaseEstimator):
             return np.random.default_rng(rs.randint(2**31))
         return np.random.default_rng(rs)
 
-    def _validate(self, X, *, reset, name="X"):
-        return validate_input(self, X, reset=reset, name=name, chunk_rows=getattr(self, "chunk_rows", "auto"))
+    def _validate(self, X, *, reset, name="X", as_dask=True):
+        chunk_rows = getattr(self, "chunk_rows", "auto")
+        return validate_input(self, X, reset=reset, name=name, chunk_rows=chunk_rows, as_dask=as_dask)
 
     def _maybe_cache(self, X, was_dask):
         """Persist X in (worker) memory if :func:`should_cache` says so; sets ``data_cached_``."""
@@ -201,13 +202,13 @@ class BaseMixture(DensityMixin, BaseEstimator):
 
     def _blockwise(self, X, fn, out_cols, dtype):
         plan = self._fitted_plan()
-        Xd, was_dask = self._validate(X, reset=False)
+        Xd, was_dask = self._validate(X, reset=False, as_dask=False)
 
         def kernel(block, p):
             return fn(block, p).astype(dtype, copy=False)
 
         if not was_dask:
-            return kernel(Xd.compute(), plan)
+            return kernel(Xd, plan)  # Xd: the validated NumPy array
         chunks = (Xd.chunks[0],) if out_cols is None else (Xd.chunks[0], (out_cols,))
         kwargs = {"drop_axis": 1} if out_cols is None else {}
         return Xd.map_blocks(

@@ -24,9 +24,10 @@ def _problem(X, name="X"):
     return None
 
 
-def validate_input(estimator, X, *, reset, name="X", chunk_rows="auto", n_features=None):
+def validate_input(estimator, X, *, reset, name="X", chunk_rows="auto", n_features=None, as_dask=True):
     """Validate input of a scikit-learn-facing estimator; returns (row-chunked Dask array,
-    input_was_dask).
+    input_was_dask).  ``as_dask=False`` returns validated in-memory input as the NumPy array
+    itself (for kernels run in this process: no chunks to concatenate back into a copy).
 
     In-memory input (NumPy, lists, pandas, ...) goes through scikit-learn's
     :func:`sklearn.utils.validation.validate_data`: it sets (``reset=True``) or checks
@@ -67,11 +68,12 @@ def validate_input(estimator, X, *, reset, name="X", chunk_rows="auto", n_featur
                     f"with {estimator.n_features_in_} features"
                 )
         raise DataError(f"{ours}. {exc}" if ours else str(exc)) from exc
-    return check_array(arr, name=name, chunk_rows=chunk_rows)
+    return check_array(arr, name=name, chunk_rows=chunk_rows, wrap=as_dask)
 
 
-def check_array(X, name="X", n_features=None, chunk_rows="auto") -> tuple[da.Array, bool]:
+def check_array(X, name="X", n_features=None, chunk_rows="auto", wrap=True) -> tuple[da.Array, bool]:
     """Validate and wrap input as a row-chunked Dask array; returns (array, input_was_dask).
+    ``wrap=False`` returns in-memory input as the checked NumPy array.
 
     NumPy input is chunked by ``chunk_rows`` (:data:`pipeline.options.CHUNK_ROWS_ACCEPTED`:
     "auto" sizes chunks from the data, None keeps it in one chunk); Dask input keeps its row
@@ -104,8 +106,9 @@ def check_array(X, name="X", n_features=None, chunk_rows="auto") -> tuple[da.Arr
             f"{name} has {X.shape[1]} features, but the GaussianMixture was fitted with {n_features} features"
         )
     if not was_dask:
-        rows = resolve_chunk_rows(chunk_rows, X.shape[0], X.shape[1], X.dtype.itemsize, source_rows=X.shape[0])
-        X = da.from_array(X, chunks=(min(rows, X.shape[0]), -1))
+        if wrap:
+            rows = resolve_chunk_rows(chunk_rows, X.shape[0], X.shape[1], X.dtype.itemsize, source_rows=X.shape[0])
+            X = da.from_array(X, chunks=(min(rows, X.shape[0]), -1))
     elif X.numblocks[1] != 1:
         X = X.rechunk({1: -1})
     return X, was_dask
