@@ -121,7 +121,6 @@ def make_plan(weights, means, prec_chol, covariance_type, dtype="float64", shift
         linear = -2.0 * (prec * diff).T
         # "sphere": one precision per component, weighting |xc|^2
         quadratic = prec[:, :1].T if kind == "sphere" else prec.T
-    prec_chol = family.component_cholesky(prec_chol, n_components, n_features)  # centred fallback
     # components of negligible weight (emptied, collapsed) do not decide the kernel: their
     # distances barely move any responsibility
     worst = float(np.max(whitened[weights > 1e-8 * weights.max()], initial=0.0))
@@ -130,6 +129,7 @@ def make_plan(weights, means, prec_chol, covariance_type, dtype="float64", shift
     if kernel == "features" or (kernel == "auto" and worst * np.finfo(dt).eps <= FAST_PATH_MAX_LOSS[dt.name]):
         wlin = np.ascontiguousarray(-0.5 * np.concatenate([quadratic, linear]).T, dtype=dt)
         return EStepPlan(kind, shift.astype(dt), const, dt.name, wlin=wlin, bias=const - 0.5 * whitened)
+    prec_chol = family.component_cholesky(prec_chol, n_components, n_features)  # (K, D, D)
     lcat = np.ascontiguousarray(np.concatenate(list(prec_chol), axis=1))  # (D, K*D)
     offset = np.einsum("kd,kde->ke", diff, prec_chol).reshape(-1)
     return EStepPlan("centred", shift.astype(dt), const, dt.name, lcat=lcat.astype(dt), offset=offset.astype(dt))

@@ -28,7 +28,7 @@ from pipeline.core.params import MixtureParams
 from pipeline.core.stats import SuffStats, vector_length
 from pipeline.engine.graph import reduce_blocks
 from pipeline.engine.summary import DataSummary
-from pipeline.families import get_family, warn_floored
+from pipeline.families import warn_floored
 from pipeline.kernels.cpu import labels_stats, resp_stats
 from pipeline.options import INIT_PARAMS
 
@@ -285,8 +285,6 @@ def initialize(
     if means_init is not None:
         params.means = np.asarray(means_init, dtype=np.float64)
     if precisions_init is not None:
-        family = get_family(covariance_type)
-        params.precisions_cholesky = family.precision_cholesky_from_precisions(precisions_init)
-        params.covariances = family.covariances_from_cholesky(params.precisions_cholesky)
+        params = MixtureParams.from_precisions(params.weights, params.means, precisions_init, covariance_type)
     return params
 

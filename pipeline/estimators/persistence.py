@@ -33,16 +33,27 @@ def _json_value(v):
     return v
 
 
+_PARAM_ARRAYS = ("weights", "means", "covariances", "precisions_cholesky")
+
+
+def _key(prefix: str, name: str) -> str:
+    """Archive name of a parameter array: ``name`` in model files, ``prefix.name`` in checkpoints."""
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _put_params(arrays: dict, prefix: str, p: MixtureParams) -> None:
+    for name in _PARAM_ARRAYS:
+        arrays[_key(prefix, name)] = np.asarray(getattr(p, name), dtype=np.float64)
+
+
+def _get_params(arrays: dict, prefix: str, covariance_type: str) -> MixtureParams:
+    return MixtureParams(*(arrays[_key(prefix, n)] for n in _PARAM_ARRAYS), covariance_type)
+
+
 def save_model(model, path) -> Path:
     """Write a fitted estimator to ``path`` (.npz + JSON metadata, checksummed), atomically."""
-    fitted = model._params()  # the exact (float64) parameters, whatever the attributes' dtype
-    arrays = {
-        "weights": fitted.weights,
-        "means": fitted.means,
-        "covariances": fitted.covariances,
-        "precisions_cholesky": fitted.precisions_cholesky,
-        "history": np.asarray(model.history_, dtype=np.float64),
-    }
+    arrays = {"history": np.asarray(model.history_, dtype=np.float64)}
+    _put_params(arrays, "", model._params())  # the exact (float64) parameters, whatever the attributes' dtype
     params = {
         k: _json_value(v)
         for k, v in model.get_params().items()
@@ -73,10 +84,7 @@ def load_model(cls, path):
         model = cls(**meta["params"])
         attrs = meta["attributes"]
         model.n_features_in_ = int(attrs["n_features_in_"])
-        params = MixtureParams(
-            files["weights"], files["means"], files["covariances"], files["precisions_cholesky"],
-            meta["params"]["covariance_type"],
-        )
+        params = _get_params(files, "", meta["params"]["covariance_type"])
         fit_dtype = attrs.get("fit_dtype") or meta["params"].get("dtype") or "float64"
         result = EMResult(params, list(files["history"]), bool(attrs["converged_"]), int(attrs["n_iter_"]))
         model._set_fitted(result, fit_dtype, attrs.get("out_dtype") or "float64")
@@ -88,16 +96,6 @@ def load_model(cls, path):
 
 CHECKPOINT_FORMAT = "gmm-pipeline-checkpoint"
 CHECKPOINT_VERSION = 1
-_PARAM_ARRAYS = ("weights", "means", "covariances", "precisions_cholesky")
-
-
-def _put_params(arrays: dict, prefix: str, p: MixtureParams) -> None:
-    for name in _PARAM_ARRAYS:
-        arrays[f"{prefix}.{name}"] = np.asarray(getattr(p, name), dtype=np.float64)
-
-
-def _get_params(arrays: dict, prefix: str, covariance_type: str) -> MixtureParams:
-    return MixtureParams(*(arrays[f"{prefix}.{n}"] for n in _PARAM_ARRAYS), covariance_type)
 
 
 def save_checkpoint(path, state, meta: dict) -> Path:
