@@ -11,7 +11,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from pipeline import GaussianMixture
-from pipeline.exceptions import ConvergenceWarning, DataError
+from pipeline.exceptions import ConvergenceWarning, CovarianceError, DataError
 from tests.helpers import blobs
 
 
@@ -167,11 +167,23 @@ def test_duplicated_points_and_collapsing_components_give_no_nan():
     X = np.repeat(np.array([[0.0, 0.0], [5.0, 5.0]]), 200, axis=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        g = GaussianMixture(4, random_state=0, reg_covar=0.0, chunk_rows=150).fit(X)
+        g = GaussianMixture(4, random_state=0, reg_covar=1e-6, chunk_rows=150).fit(X)
     for a in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
         assert np.all(np.isfinite(getattr(g, a))), a
     assert np.all(np.isfinite(g.history_))
     assert set(np.unique(g.predict(X))) <= set(range(4))
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
+def test_collapse_with_reg_covar_zero_is_scikit_learns_error(covariance_type):
+    """reg_covar=0 asks for no regularisation: a collapsed component is an error (as in
+    scikit-learn), raised before any NaN, not a silently floored covariance."""
+    X = np.repeat(np.array([[0.0, 0.0], [5.0, 5.0]]), 200, axis=0)
+    g = GaussianMixture(4, covariance_type=covariance_type, random_state=0, reg_covar=0.0, chunk_rows=150)
+    with pytest.raises(CovarianceError, match="increase reg_covar") as info:
+        g.fit(X)
+    assert isinstance(info.value, ValueError)
+    assert not hasattr(g, "means_")
 
 
 def test_component_that_loses_all_points_stays_finite():
@@ -186,14 +198,44 @@ def test_component_that_loses_all_points_stays_finite():
     assert set(np.unique(g.predict(X))) == {0, 1}
 
 
-def test_singular_component_is_floored_with_a_warning():
+def test_singular_component_is_an_error_at_zero_and_tiny_with_any_reg_covar():
     rng = np.random.default_rng(0)
     X = np.concatenate([rng.normal(size=(300, 2)), np.tile([[20.0, 20.0]], (50, 1))])
-    g = GaussianMixture(2, reg_covar=0.0, means_init=[[0.0, 0.0], [20.0, 20.0]], random_state=0)
-    with pytest.warns(RuntimeWarning, match="collapsed"):
-        g.fit(X)
+    means = [[0.0, 0.0], [20.0, 20.0]]
+    with pytest.raises(CovarianceError, match="ill-defined empirical covariance"):
+        GaussianMixture(2, reg_covar=0.0, means_init=means, random_state=0).fit(X)
+    g = GaussianMixture(2, reg_covar=1e-12, means_init=means, random_state=0).fit(X)
     assert np.all(np.isfinite(g.precisions_cholesky_))
     assert g.covariances_[1].max() < 1e-6
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
+def test_m_step_floors_a_covariance_that_rounding_left_indefinite(covariance_type):
+    """With reg_covar > 0 a scatter that rounding made slightly negative (large offsets,
+    duplicated rows) is floored with a warning naming the component, never NaN."""
+    from pipeline.core.stats import SuffStats
+    from pipeline.core.updaters import MaximumLikelihood
+    from pipeline.families import warn_floored
+
+    k, d = 2, 2
+    st = SuffStats.zeros(np.zeros((k, d)), covariance_type)
+    st.n, st.s0 = 200.0, np.array([100.0, 100.0])
+    healthy, broken = np.eye(d) * 100.0, -np.ones((d, d)) * 1e-3
+    if covariance_type == "tied":
+        broken = -np.eye(d) * 200.0  # the pooled scatter itself indefinite
+    outer = np.stack([healthy, broken])
+    st.s2 = {"full": outer, "tied": outer, "diag": np.stack([np.diag(m) for m in outer]),
+             "spherical": np.array([np.trace(m) for m in outer])}[covariance_type]
+    params, floored = MaximumLikelihood(reg_covar=1e-12, scale=1.0).m_step(st)
+    assert np.all(np.isfinite(params.precisions_cholesky)) and np.all(np.isfinite(params.covariances))
+    if covariance_type in ("diag", "spherical"):  # variances are clipped at 0, then + reg_covar
+        assert floored == [] and np.allclose(params.covariances[1], 1e-12, rtol=0, atol=1e-18)
+    else:
+        assert floored == ([0] if covariance_type == "tied" else [1])
+        with pytest.warns(RuntimeWarning, match=rf"components \[{floored[0]}\] collapsed"):
+            warn_floored(floored)
+    with pytest.raises(CovarianceError):
+        MaximumLikelihood(reg_covar=0.0).m_step(st)
 
 
 # --------------------------------------------------------------------- bad input

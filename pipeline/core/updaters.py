@@ -21,12 +21,15 @@ class MaximumLikelihood:
 
     ``reg_covar`` is added to every covariance's diagonal; ``scale`` (a typical variance of the
     data) sizes the floor of collapsed components.  ``floor=False`` makes a covariance that is
-    not positive definite an error (:class:`pipeline.exceptions.CovarianceError`) instead.
+    not positive definite an error (:class:`pipeline.exceptions.CovarianceError`, a ValueError
+    with scikit-learn's wording) instead.  The default, ``None``, floors when ``reg_covar > 0``
+    and raises when ``reg_covar == 0`` (scikit-learn's behaviour: who asks for no
+    regularisation gets told that a component collapsed, not a silently floored one).
     """
 
     reg_covar: float = 1e-6
     scale: float = 1.0
-    floor: bool = True
+    floor: bool | None = None
 
     def lower_bound(self, stats: SuffStats) -> float:
         """The objective of the parameters that made ``stats`` (before their update)."""
@@ -34,4 +37,5 @@ class MaximumLikelihood:
 
     def m_step(self, stats: SuffStats) -> tuple[MixtureParams, list[int]]:
         """(new parameters, indices of floored components)."""
-        return stats.m_step(self.reg_covar, self.scale, floor=self.floor)
+        floor = self.reg_covar > 0 if self.floor is None else self.floor
+        return stats.m_step(self.reg_covar, self.scale, floor=floor)

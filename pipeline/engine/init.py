@@ -278,7 +278,9 @@ def initialize(
             X, _labels_stats_kernel, length, dask.delayed(centres, pure=True), summary.mean,
             covariance_type, dtype,
         )
-    params, floored = SuffStats.from_vector(vec, centres, covariance_type).m_step(reg_covar, summary.scale)
+    params, floored = SuffStats.from_vector(vec, centres, covariance_type).m_step(
+        reg_covar, summary.scale, floor=reg_covar > 0,  # as MaximumLikelihood: reg_covar=0 raises
+    )
     warn_floored(floored, "initialisation")
     if weights_init is not None:
         params.weights = np.asarray(weights_init, dtype=np.float64)
