@@ -7,6 +7,8 @@ Cluster fixtures (stable names, used by the cluster tests and by the GMM tests t
 - ``slurm`` (session scope): a real single-node SLURM made by ``scripts/setup_slurm``; yields the
   partition name.  Skips when it cannot be set up, unless ``GMM_REQUIRE_SLURM=1`` (CI), where it
   fails with the script's output.
+- ``rscript`` (session scope): the path of ``Rscript`` with R's mclust, installed if missing by
+  ``scripts/setup_mclust``.  Skips when that fails, unless ``GMM_REQUIRE_MCLUST=1`` (CI).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DASK_CLI = Path(sys.executable).parent / "dask"
 SETUP_SLURM = REPO / "scripts" / "setup_slurm"
+SETUP_MCLUST = REPO / "scripts" / "setup_mclust"
 SLURM_PID_FILE = Path(os.environ.get("GMM_SLURM_STATE_DIR", "/run/gmm-pipeline-slurm")) / "started.pids"
 
 
@@ -137,3 +140,26 @@ def slurm():
     finally:
         if started_here:
             subprocess.run([str(SETUP_SLURM), "--stop"], capture_output=True, text=True, timeout=120)
+
+
+# --------------------------------------------------------------------------------------------
+# rscript: R with mclust (the oracle of the mclust models)
+
+
+@pytest.fixture(scope="session")
+def rscript():
+    """Path of ``Rscript`` with mclust and jsonlite loadable (``scripts/setup_mclust``)."""
+    required = os.environ.get("GMM_REQUIRE_MCLUST") == "1"
+    try:
+        out = subprocess.run([str(SETUP_MCLUST)], capture_output=True, text=True, timeout=1200)
+        output = f"exit code {out.returncode}\n{out.stderr}\n{out.stdout}"
+        path = out.stdout.strip().splitlines()[-1] if out.returncode == 0 and out.stdout.strip() else ""
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        output, path = f"{type(exc).__name__}: {exc}", ""
+    if not path:
+        message = f"scripts/setup_mclust could not provide R's mclust:\n{output}"
+        if required:
+            pytest.fail(message + "\n(GMM_REQUIRE_MCLUST=1, so this is a failure, not a skip)")
+        pytest.skip(message.splitlines()[0] + " " + output.strip().splitlines()[-1][:200]
+                    + " (set GMM_REQUIRE_MCLUST=1 to make this a failure)")
+    return path

@@ -79,8 +79,8 @@ class _Damped(MaximumLikelihood):
     """A different updater (half-step on the means) to show the loop does not hard-code the
     maximum-likelihood M step."""
 
-    def m_step(self, stats):
-        new, floored = super().m_step(stats)
+    def m_step(self, stats, previous=None):
+        new, floored = super().m_step(stats, previous)
         new.means = 0.5 * (new.means + stats.centres)
         return new, floored
 

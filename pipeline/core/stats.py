@@ -146,20 +146,23 @@ class SuffStats:
     def mean_loglik(self) -> float:
         return self.loglik / self.n if self.n else float("nan")
 
-    def m_step(self, reg_covar: float, scale: float = 1.0, floor: bool = True) -> tuple[MixtureParams, list[int]]:
+    def m_step(
+        self, reg_covar: float, scale: float = 1.0, floor: bool = True, previous: np.ndarray | None = None,
+    ) -> tuple[MixtureParams, list[int]]:
         """New parameters from the totals; returns (params, indices of floored components).
 
         pi_k = N_k / N, mu_k = c_k + s1_k / N_k, Sigma_k from the family's M step (for full
         covariances s2_k / N_k - e e^T + reg_covar I).  ``floor``: collapsed components get
         their covariances floored (see :meth:`CovarianceFamily.floor`); otherwise a
         covariance that is not positive definite raises
-        :class:`pipeline.exceptions.CovarianceError`.
+        :class:`pipeline.exceptions.CovarianceError`.  ``previous``: the covariances the
+        statistics were computed under, where iterative M steps warm-start.
         """
         family = self.family
         nk = self.s0 + NK_FLOOR
         weights = nk / nk.sum()
         means = self.centres + self.s1 / nk[:, None]
-        cov = family.m_step(nk, self.s1, self.s2, reg_covar)
+        cov = family.m_step(nk, self.s1, self.s2, reg_covar, previous)
         if floor:
             cov, prec_chol, floored = family.floor(cov, scale, reg_covar)
         else:

@@ -35,7 +35,9 @@ class MaximumLikelihood:
         """The objective of the parameters that made ``stats`` (before their update)."""
         return stats.mean_loglik
 
-    def m_step(self, stats: SuffStats) -> tuple[MixtureParams, list[int]]:
-        """(new parameters, indices of floored components)."""
+    def m_step(self, stats: SuffStats, previous: MixtureParams | None = None) -> tuple[MixtureParams, list[int]]:
+        """(new parameters, indices of floored components).  ``previous``: the parameters
+        ``stats`` were computed under (iterative M steps warm-start from them)."""
         floor = self.reg_covar > 0 if self.floor is None else self.floor
-        return stats.m_step(self.reg_covar, self.scale, floor=floor)
+        prev = None if previous is None else previous.covariances
+        return stats.m_step(self.reg_covar, self.scale, floor=floor, previous=prev)

@@ -60,6 +60,7 @@ class IterationInfo:
     params: MixtureParams
     history: list = field(default_factory=list)
     state: object = None  # the estimator's FitState, set by GaussianMixture before user callbacks
+    m_step_seconds: float = 0.0  # the driver's M step, part of ``seconds``
 
 
 def run_em(
@@ -113,14 +114,16 @@ def run_em(
                 "or rescale the data"
             )
         mean_ll = updater.lower_bound(st)
-        params, floored = updater.m_step(st)
+        t_m = time.perf_counter()
+        params, floored = updater.m_step(st, previous=params)
+        t_m = time.perf_counter() - t_m
         warn_floored(floored, f"M step of iteration {n_iter}")
         history.append(mean_ll)
         change = mean_ll - lower_bound
         lower_bound = mean_ll
         seconds = time.perf_counter() - t0
         if callback is not None:
-            callback(IterationInfo(n_iter, mean_ll, change, seconds, st.n / seconds, params, history))
+            callback(IterationInfo(n_iter, mean_ll, change, seconds, st.n / seconds, params, history, m_step_seconds=t_m))
         if abs(change) < tol:
             converged = True
             break

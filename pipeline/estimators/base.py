@@ -25,7 +25,7 @@ from pipeline.engine.graph import reduce_blocks
 from pipeline.engine.resources import should_cache, single_threaded_blas
 from pipeline.engine.summary import summarize
 from pipeline.estimators.validation import validate_input
-from pipeline.kernels.cpu import labels_block, proba_block, score_block, score_sum_block
+from pipeline.kernels.cpu import criteria_sum_block, labels_block, proba_block, score_block, score_sum_block
 
 logger = logging.getLogger("pipeline")
 
@@ -237,6 +237,13 @@ class BaseMixture(DensityMixin, BaseEstimator):
         Xd, _ = self._validate(X, reset=False)
         total, n = reduce_blocks(Xd, score_sum_block, 2, dask.delayed(plan, pure=True))
         return float(total), int(n)
+
+    def _criteria_sums(self, X):
+        """(sum of log p(x), n_samples, sum of log max_k r_k(x)) in one pass."""
+        plan = self._fitted_plan()
+        Xd, _ = self._validate(X, reset=False)
+        total, n, top = reduce_blocks(Xd, criteria_sum_block, 3, dask.delayed(plan, pure=True))
+        return float(total), int(n), float(top)
 
     def score(self, X, y=None):
         """Mean log-likelihood of X (a float), one pass over the data."""

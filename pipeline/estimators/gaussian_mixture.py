@@ -25,7 +25,7 @@ from pipeline.engine.init import initialize
 from pipeline.estimators import persistence
 from pipeline.estimators.base import BaseMixture
 from pipeline.exceptions import DataError
-from pipeline.families import COVARIANCE_TYPES, get_family
+from pipeline.families import COVARIANCE_TYPES, get_family, to_family_form
 from pipeline.options import CACHE_MODES, DTYPES, INIT_PARAMS, check_chunk_rows
 
 
@@ -161,7 +161,7 @@ class GaussianMixture(BaseMixture):
         if self.precisions_init is not None:
             family = get_family(self.covariance_type)
             shape = family.covariance_shape(k, d)
-            p = np.asarray(self.precisions_init, dtype=np.float64)
+            p = self._precisions_init(k, d)
             if p.shape != shape:
                 raise ValueError(
                     f"precisions_init for covariance_type={self.covariance_type!r} must have shape "
@@ -169,6 +169,12 @@ class GaussianMixture(BaseMixture):
                     f"{shape}, but got {p.shape}"
                 )
             family.precision_cholesky_from_precisions(p)  # raises if not positive (definite)
+
+    def _precisions_init(self, k, d):
+        """``precisions_init`` in the family's form: for mclust's model names (K, D, D)
+        matrices are accepted for every model and reduced to its storage (diagonals, scalars,
+        the shared matrix) when they have its structure; scikit-learn's names keep its shapes."""
+        return to_family_form(self.covariance_type, self.precisions_init, k, d, "precisions_init")
 
     def _compute_dtype(self, X) -> str:
         if self.dtype is not None:
@@ -179,7 +185,8 @@ class GaussianMixture(BaseMixture):
     def _initial_params(self, X, summary, rng, dtype):
         return initialize(
             X, summary, self.n_components, self.covariance_type, self.init_params, rng,
-            self.reg_covar, dtype, self.weights_init, self.means_init, self.precisions_init,
+            self.reg_covar, dtype, self.weights_init, self.means_init,
+            None if self.precisions_init is None else self._precisions_init(self.n_components, X.shape[1]),
         )
 
     def _updater(self, summary):
@@ -210,27 +217,39 @@ class GaussianMixture(BaseMixture):
 
     # ------------------------------------------------------------------ model selection
     def information_criteria(self, X) -> dict:
-        """One pass: mean log-likelihood ``loglik``, ``n_samples``, ``bic`` and ``aic`` of X."""
-        total, n = self._score_sum(X)
+        """One pass: mean log-likelihood ``loglik``, ``n_samples``, ``n_parameters``, ``bic``,
+        ``aic`` and ``icl`` of X (all three lower is better; see :meth:`icl`)."""
+        total, n, top = self._criteria_sums(X)
         loglik, p = total / n, self._params().n_parameters()
+        bic = -2 * loglik * n + p * np.log(n)
         return {
             "loglik": loglik,
             "n_samples": int(n),
             "n_parameters": p,
-            "bic": -2 * loglik * n + p * np.log(n),
+            "bic": bic,
             "aic": -2 * loglik * n + 2 * p,
+            "icl": bic - 2 * top,
         }
 
     def _n_parameters(self):
         return self._params().n_parameters()
 
     def bic(self, X):
-        """Bayesian information criterion of X (lower is better)."""
+        """Bayesian information criterion of X: ``-2 log L + p log n`` (lower is better;
+        R's mclust reports ``-bic``, higher is better there).  ``p`` counts the free
+        parameters: covariances (by model, as mclust's ``nVarParams``), means and weights."""
         return self.information_criteria(X)["bic"]
 
     def aic(self, X):
-        """Akaike information criterion of X (lower is better)."""
+        """Akaike information criterion of X: ``-2 log L + 2 p`` (lower is better)."""
         return self.information_criteria(X)["aic"]
+
+    def icl(self, X):
+        """Integrated complete-data likelihood criterion of X (Biernacki, Celeux & Govaert
+        2000): ``bic(X) - 2 sum_i log max_k r_ik``, BIC plus the entropy of the hard
+        classification, so it favours well-separated components.  Lower is better, as
+        :meth:`bic`; R's mclust's ``icl()`` is ``-icl`` (higher is better there).  One pass."""
+        return self.information_criteria(X)["icl"]
 
     def sample(self, n_samples=1, random_state=None):
         """Draw ``n_samples`` points: returns (X (n, D), y (n,)) NumPy arrays."""

@@ -80,6 +80,8 @@ class CovarianceFamily:
     structure: str
     kernel_kind: str
     statistic: str
+    #: whether the M step iterates (then warm-started from the previous covariances)
+    iterative: bool = False
 
     def __repr__(self) -> str:
         return f"<covariance family {self.name} ({self.mclust_name})>"
@@ -115,6 +117,11 @@ class CovarianceFamily:
         """Precisions ``L @ L.T`` from their Cholesky factors."""
         raise NotImplementedError
 
+    def from_full_matrices(self, mats: np.ndarray, what: str = "precisions_init") -> np.ndarray:
+        """The family's form of (K, D, D) matrices (precisions or covariances) that have its
+        structure (diagonal, scalar, shared); a ValueError naming ``what`` otherwise."""
+        raise NotImplementedError
+
     def covariances_from_cholesky(self, prec_chol: np.ndarray) -> np.ndarray:
         """Covariances ``inv(L)^T inv(L)`` by triangular solves."""
         raise NotImplementedError
@@ -138,13 +145,17 @@ class CovarianceFamily:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ M step
-    def m_step(self, s0: np.ndarray, s1: np.ndarray, s2: np.ndarray, reg_covar: float) -> np.ndarray:
+    def m_step(
+        self, s0: np.ndarray, s1: np.ndarray, s2: np.ndarray, reg_covar: float, previous: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Covariances from statistics centred at per-component centres ``c_k``.
 
         s0 (K,) = N_k (sum of responsibilities, floored), s1 (K, D) = sum r (x - c_k),
         s2 = sum r (x - c_k)(x - c_k)^T in :attr:`statistic` form.  With the mean shift
         ``e = s1 / N_k`` (small, as ``c_k`` is the previous mean) the centred scatter is
-        ``W_k = s2_k - N_k e e^T``; nothing large cancels.
+        ``W_k = s2_k - N_k e e^T``; nothing large cancels.  ``previous``: the covariances of
+        the parameters the statistics were computed under (or None), where families whose
+        M step is iterative warm-start their inner iteration.
         """
         raise NotImplementedError
 
@@ -211,6 +222,17 @@ class EllipsoidalFamily(CovarianceFamily):
         mats = self._matrices(prec_chol)
         return self._from_matrices(np.einsum("kij,klj->kil", mats, mats))
 
+    def from_full_matrices(self, mats, what="precisions_init"):
+        mats = np.asarray(mats, dtype=np.float64)
+        k = len(mats)
+        shared = self._matrices(np.zeros(self.covariance_shape(k, mats.shape[-1]))).shape[0] == 1
+        if not shared:
+            return mats
+        if not np.allclose(mats, mats[:1], rtol=1e-12, atol=0.0):
+            raise ValueError(f"{what}: covariance_type {self.name!r} has one matrix shared by all components; "
+                             f"got {k} different (D, D) matrices")
+        return mats[0]
+
     def covariances_from_cholesky(self, prec_chol):
         return self._from_matrices(np.stack([_inverse_gram(L) for L in self._matrices(prec_chol)]))
 
@@ -272,6 +294,18 @@ class AxisAlignedFamily(CovarianceFamily):
 
     def covariances_from_cholesky(self, prec_chol):
         return 1.0 / prec_chol**2
+
+    def from_full_matrices(self, mats, what="precisions_init"):
+        mats = np.asarray(mats, dtype=np.float64)
+        diag = np.diagonal(mats, axis1=1, axis2=2)
+        if np.any(mats - np.einsum("ki,ij->kij", diag, np.eye(mats.shape[-1])) != 0.0):
+            raise ValueError(f"{what}: covariance_type {self.name!r} has diagonal matrices; got off-diagonal values")
+        if self.structure == "diagonal":
+            return diag.copy()
+        if not np.allclose(diag, diag[:, :1], rtol=1e-12, atol=0.0):
+            raise ValueError(f"{what}: covariance_type {self.name!r} has multiples of the identity; "
+                             "got unequal diagonal values")
+        return diag[:, 0].copy()
 
     def component_cholesky(self, prec_chol, n_components, n_features):
         return np.stack([np.diag(np.sqrt(p)) for p in self.plan_precisions(prec_chol, n_components, n_features)])

@@ -34,7 +34,7 @@ class Full(EllipsoidalFamily):
     def _from_matrices(self, mats):
         return mats
 
-    def m_step(self, s0, s1, s2, reg_covar):
+    def m_step(self, s0, s1, s2, reg_covar, previous=None):
         e = s1 / s0[:, None]
         n_features = s1.shape[1]
         cov = s2 / s0[:, None, None] - np.einsum("ki,kj->kij", e, e)
@@ -60,7 +60,7 @@ class Tied(EllipsoidalFamily):
     def _from_matrices(self, mats):
         return mats[0]
 
-    def m_step(self, s0, s1, s2, reg_covar):
+    def m_step(self, s0, s1, s2, reg_covar, previous=None):
         e = s1 / s0[:, None]
         n_features = s1.shape[1]
         cov = (s2.sum(axis=0) - np.einsum("k,ki,kj->ij", s0, e, e)) / s0.sum()
@@ -90,7 +90,7 @@ class Diag(AxisAlignedFamily):
     def full_covariances(self, covariances, n_components, n_features):
         return np.stack([np.diag(v) for v in covariances])
 
-    def m_step(self, s0, s1, s2, reg_covar):
+    def m_step(self, s0, s1, s2, reg_covar, previous=None):
         e = s1 / s0[:, None]
         return np.maximum(s2 / s0[:, None] - e * e, 0.0) + reg_covar
 
@@ -116,7 +116,7 @@ class Spherical(AxisAlignedFamily):
     def full_covariances(self, covariances, n_components, n_features):
         return np.stack([np.eye(n_features) * v for v in covariances])
 
-    def m_step(self, s0, s1, s2, reg_covar):
+    def m_step(self, s0, s1, s2, reg_covar, previous=None):
         # s2 (K,) = sum r |x - c_k|^2; the variance is the mean over features
         e = s1 / s0[:, None]
         n_features = s1.shape[1]

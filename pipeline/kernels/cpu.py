@@ -405,3 +405,13 @@ def score_sum_block(x, plan):
     return np.array([score_block(x, plan).sum(), x.shape[0]])
 
 
+def criteria_sum_block(x, plan):
+    """[sum log p(x), n rows, sum log max_k r_k(x)]: the log-likelihood and the
+    classification term of ICL in one pass."""
+    total, top = 0.0, 0.0
+    for lpx, lr in iter_log_resp(x, plan):
+        total += float(lpx.sum())
+        top += float(lr.max(axis=1).sum()) if lr.shape[0] else 0.0
+    return np.array([total, x.shape[0], top])
+
+
