@@ -114,7 +114,7 @@ def initial_params(X: np.ndarray, k: int, covariance_type: str, seed: int = SEED
     means = X[np.sort(rng.choice(n, size=k, replace=False))].astype(np.float64)
     sample = X[: min(n, 200_000)].astype(np.float64)
     cov = np.cov(sample, rowvar=False)
-    if covariance_type == "full":
+    if covariance_type in ("full", "tied"):  # tied: K equal matrices, accepted for the mclust names
         prec = np.linalg.inv(cov)
         prec = 0.5 * (prec + prec.T)
         precisions = np.repeat(prec[None], k, axis=0)
@@ -251,17 +251,23 @@ def fit_ours(X, k, covariance_type, init, dtype, iters, blas_threads=1, cache="a
         k, covariance_type=covariance_type, tol=0.0, max_iter=iters, init_params="random_from_data",
         random_state=0, dtype=dtype, cache=cache, **init,
     )
-    secs = []
+    secs, m_secs = [], []
+
+    def record(info):
+        secs.append(info.seconds)
+        m_secs.append(info.m_step_seconds)
+
     limit = threadpool_limits(blas_threads) if blas_threads else contextlib.nullcontext()
     with limit, warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         t0 = time.perf_counter()
-        model.fit(X, callback=lambda info: secs.append(info.seconds))
+        model.fit(X, callback=record)
         total = time.perf_counter() - t0
         final_ll = model.score(score_X) if score_X is not None else None
     return {
         "s_iter": statistics.median(secs),
         "iter_seconds": secs,
+        "m_step_seconds": m_secs,
         "fit_seconds": total,
         "history": list(model.history_),
         "final_mean_loglik": final_ll,
@@ -533,6 +539,8 @@ def parse_args(argv=None):
     p.add_argument("--skip-distributed", action="store_true")
     p.add_argument("--skip-blas-default", action="store_true",
                    help="skip the threaded run with BLAS at its default thread count (oversubscribed, slow)")
+    p.add_argument("--skip-models", action="store_true",
+                   help="skip the table of the 14 mclust covariance models (s/iteration and the M step's share)")
     p.add_argument("--scaling", action="store_true", help="also run the scaling tables in N and K")
     p.add_argument("--scaling-n", type=int, nargs="+", default=None,
                    help="N values (default 100000 1000000 10000000; 25000 50000 100000 with --quick)")
@@ -791,6 +799,8 @@ def run_sections(args, out: dict, cluster, X_all, X64, init, flops, gemm: dict) 
     # diag / spherical (threaded only: no idle worker processes beside the runs)
     cluster.close()
     out["diag_spherical"] = diag_spherical(args, X64, k, iters, gemm)
+    if not args.skip_models:
+        out["mclust_models"] = mclust_models(args, X64, k, iters)
 
 
 def finish(args, out: dict, mi: dict, t_start: float) -> None:
@@ -940,6 +950,37 @@ def diag_spherical(args, X64, k, iters, gemm) -> list:
                  "GEMM floor: the kernel's 4 N K (Q + D) GEMM FLOPs (Q = D diag, 1 spherical) at the measured "
                  "tall-GEMM peak; floor / read > 2 means no kernel doing those FLOPs can meet the target "
                  "on that data source"])
+    return res
+
+
+def mclust_models(args, X64, k, iters) -> list:
+    """Every mclust model (float64, data in memory, threaded, BLAS 1 thread): s/iteration and
+    the share of it the driver's M step takes (the iterative ones iterate there, warm-started
+    from the previous EM iteration; the first M step starts cold)."""
+    from pipeline.families import MCLUST_MODELS, get_family
+
+    n, d = X64.shape
+    Xmem = dask_persisted(X64, args.chunk_rows)
+    res, table = [], []
+    for name in MCLUST_MODELS:
+        family = get_family(name)
+        kind = {"ellipsoidal": "full", "diagonal": "diag", "scalar": "spherical"}[family.structure]
+        init = initial_params(X64, k, kind)
+        log(f"mclust model {name}")
+        with dask.config.set(scheduler="threads"):
+            r = fit_ours(Xmem, k, name, init, "float64", iters, blas_threads=1)
+        m_med, m_max = statistics.median(r["m_step_seconds"]), max(r["m_step_seconds"])
+        row = {"model": name, "structure": family.structure, "iterative": family.iterative,
+               "s_iter": r["s_iter"], "m_step_median_s": m_med, "m_step_max_s": m_max,
+               "m_step_share": m_med / r["s_iter"], "history": r["history"]}
+        res.append(row)
+        table.append([name, family.structure, "yes" if family.iterative else "-", fmt(r["s_iter"], ".4f"),
+                      fmt(m_med * 1e3, ".2f"), fmt(m_max * 1e3, ".2f"), fmt(100 * m_med / r["s_iter"], ".2f")])
+    print_table(f"mclust models (N={n:,} D={d} K={k}, float64, memory, threaded, BLAS 1 thread, {iters} iterations)",
+                ["model", "E-step structure", "iterative M step", "s/iter", "M step ms (median)", "M step ms (max)",
+                 "M step % of iter"], table,
+                ["M step: the driver's time from the reduced statistics to the new parameters "
+                 "(IterationInfo.m_step_seconds), included in s/iter; max is usually the first, cold, M step"])
     return res
 
 

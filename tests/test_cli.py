@@ -15,6 +15,7 @@ from pipeline import GaussianMixture
 from pipeline.batch.config import config_from_dict
 from pipeline.batch.runner import run
 from pipeline.data.zarr_io import open_dataset
+from pipeline.families import MCLUST_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "pipeline.batch.cli"]
@@ -216,3 +217,54 @@ def test_predict_chunk_rows_accepts_auto_store_and_integers(capsys):
         with pytest.raises(SystemExit):
             parsed("--chunk-rows", bad)
         assert "--chunk-rows" in capsys.readouterr().err
+
+
+def _blobs_with_a_duplicated_point(path):
+    """Three blobs and 40 copies of one far point: without regularisation every model whose
+    components have volumes or shapes of their own collapses there."""
+    from pipeline.data.zarr_io import write_array_zarr
+
+    rng = np.random.default_rng(3)
+    X = np.concatenate([rng.normal(size=(400, 3)) + c for c in ((0, 0, 0), (7, 0, 0), (0, 7, 0))]
+                       + [np.tile([[40.0, 40.0, 40.0]], (40, 1))])
+    write_array_zarr(X[rng.permutation(len(X))], path)
+
+
+def test_all_models_give_bic_and_icl_tables_and_failed_candidates_are_recorded(tmp_path, client):
+    _blobs_with_a_duplicated_point(tmp_path / "dup.zarr")
+    config, cfg = small_config(tmp_path)
+    cfg["data"] = {"path": str(tmp_path / "dup.zarr"), "chunk_rows": 400}
+    cfg["model"].update(n_components=[3, 4], covariance_type="all", reg_covar=0.0, dtype="float64")
+    cfg["output"]["plots"] = True
+    result = run(config_from_dict(cfg), client=client)
+    table = result.report["criteria"]
+    assert table["models"] == list(MCLUST_MODELS) and table["n_components"] == [3, 4]
+    assert len(result.report["candidates"]) == 28
+    failed = table["failed"]
+    # equal volume and shape (EII, EEI, EEE, EEV) cannot collapse one component; the others do
+    ok_models = {"EII", "EEI", "EEE", "EEV"}
+    assert {n.split("-")[1] for n in failed} == set(MCLUST_MODELS) - ok_models, sorted(failed)
+    assert all("increase reg_covar" in reason for reason in failed.values())
+    for k, bic_row, icl_row in zip(table["n_components"], table["bic"], table["icl"]):
+        for m, b, i in zip(table["models"], bic_row, icl_row):
+            assert (b is None) == (i is None) == (f"k{k}-{m}" in failed)
+            assert b is None or i >= b  # ICL adds the classification entropy
+    sel = result.report["selected"]
+    best = min((c for c in result.report["candidates"] if c["status"] == "ok"), key=lambda c: c["bic"])
+    assert sel["name"] == best["name"] and sel["covariance_type"] in ok_models
+    md = (result.out_dir / "report.md").read_text()
+    assert "BIC over G x model" in md and "ICL over G x model" in md and "| failed |" in md
+    assert (result.out_dir / "bic.png").stat().st_size > 0
+
+
+def test_a_run_whose_every_candidate_fails_is_one_clear_error(tmp_path):
+    _blobs_with_a_duplicated_point(tmp_path / "dup.zarr")
+    config, cfg = small_config(tmp_path)
+    cfg["data"] = {"path": str(tmp_path / "dup.zarr"), "chunk_rows": 400}
+    cfg["model"].update(n_components=[3, 4], covariance_type="VVV", reg_covar=0.0)
+    cfg["cluster"].update(n_workers=1)
+    config.write_text(yaml.safe_dump(cfg))
+    r = gmm("run", config)
+    assert r.returncode != 0
+    assert "every candidate failed (k3-VVV, k4-VVV)" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()  # nothing published (the staging directory stays for --resume)

@@ -53,7 +53,7 @@ from typing import Any
 import yaml
 
 from pipeline.exceptions import ConfigError
-from pipeline.families import COVARIANCE_TYPES
+from pipeline.families import COVARIANCE_TYPES, MCLUST_MODELS
 from pipeline.options import (
     CACHE_MODES,
     CHUNK_ROWS_DEFAULT,
@@ -450,6 +450,15 @@ def _one_or_list(item_check, what: str):
     return check
 
 
+def _all_or(everything: tuple, check):
+    """``all`` for every value of ``everything`` (a tuple, as a list would give), else ``check``."""
+
+    def check_all(v, key, ctx):
+        return tuple(everything) if v == "all" else check(v, key, ctx)
+
+    return check_all
+
+
 def _bool(v, key, ctx):
     if not isinstance(v, bool):
         ctx.fail(key, v, "true or false", f"must be a boolean, not {type(v).__name__}")
@@ -533,9 +542,9 @@ _SCHEMAS: dict[str, tuple[type, dict]] = {
         ModelConfig,
         {
             "n_components": _one_or_list(_int(1), "an integer >= 1"),
-            "covariance_type": _one_or_list(
-                _choice(COVARIANCE_TYPES), "one of " + ", ".join(COVARIANCE_TYPES)
-            ),
+            "covariance_type": _all_or(MCLUST_MODELS, _one_or_list(
+                _choice(COVARIANCE_TYPES), "one of " + ", ".join(COVARIANCE_TYPES) + " (or all)"
+            )),
             "init_params": _choice(INIT_PARAMS),
             "n_init": _int(1),
             "max_iter": _int(1),

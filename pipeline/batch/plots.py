@@ -112,11 +112,21 @@ def _draw_ellipses(ax, model, centre, axes) -> None:
 
 
 def _bic_figure(plt, results, best):
-    fig, ax = plt.subplots(figsize=(6, 4))
-    names = [r["name"] for r in results]
-    ax.bar(range(len(results)), [r["bic"] for r in results],
-           color=["tab:red" if r is best else "tab:blue" for r in results])
-    ax.set_xticks(range(len(results)), names, rotation=45, ha="right")
+    """BIC against G, one line per model (mclust's plot; lower is better here), the selected
+    candidate marked; failed candidates are gaps.  The axis spans the values, not zero."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    models = list(dict.fromkeys(r["covariance_type"] for r in results))
+    markers = "os^vD<>phHx+*d8"
+    for i, m in enumerate(models):
+        rows = sorted((r["n_components"], r["bic"]) for r in results if r["covariance_type"] == m)
+        ks = [k for k, _ in rows]
+        ax.plot(ks, [np.nan if b is None else b for _, b in rows], marker=markers[i % len(markers)],
+                ms=4, lw=1.2, label=m)
+    ax.plot([best["n_components"]], [best["bic"]], marker="*", ms=16, color="tab:red", ls="none",
+            label=f"selected: {best['name']}")
+    ax.set_xticks(sorted({r["n_components"] for r in results}))
+    ax.set_xlabel("number of components G")
     ax.set_ylabel("BIC (lower is better)")
-    ax.set_title("BIC per candidate")
+    ax.set_title("BIC per number of components and covariance model")
+    ax.legend(fontsize=7, ncol=2 if len(models) > 7 else 1)
     return fig

@@ -27,6 +27,7 @@ def build_report(cfg, X, results, best, timings, cluster_info, fingerprints) -> 
         },
         "cluster": cluster_info,
         "candidates": [{k: v for k, v in r.items() if k != "model"} for r in results],
+        "criteria": criteria_table(results),
         "selected": {
             "name": best["name"],
             "n_components": best["n_components"],
@@ -34,6 +35,7 @@ def build_report(cfg, X, results, best, timings, cluster_info, fingerprints) -> 
             "loglik": best["loglik"],
             "bic": best["bic"],
             "aic": best["aic"],
+            "icl": best["icl"],
             "n_iter": best["n_iter"],
             "converged": best["converged"],
             "weights": model.weights_.tolist(),
@@ -43,6 +45,21 @@ def build_report(cfg, X, results, best, timings, cluster_info, fingerprints) -> 
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "versions": versions(),
     }
+
+
+def criteria_table(results) -> dict:
+    """BIC and ICL over G x model: ``n_components`` (rows), ``models`` (columns, in order of
+    first appearance), ``bic``/``icl`` as lists of rows, None where a candidate failed (its
+    reason in ``failed``) or was not fitted.  Lower is better (mclust's values are the
+    negatives of these)."""
+    ks = sorted({r["n_components"] for r in results})
+    models = list(dict.fromkeys(r["covariance_type"] for r in results))
+    cell = {(r["n_components"], r["covariance_type"]): r for r in results}
+    table = {"n_components": ks, "models": models, "lower_is_better": True}
+    for key in ("bic", "icl"):
+        table[key] = [[cell[(k, m)][key] if (k, m) in cell else None for m in models] for k in ks]
+    table["failed"] = {r["name"]: r["reason"] for r in results if r["status"] == "failed"}
+    return table
 
 
 def write_report(directory: Path, report: dict) -> None:
@@ -72,14 +89,27 @@ def report_markdown(r: dict) -> str:
         f"{sel['n_iter']} iterations, converged: {sel['converged']}",
         f"- time: {r['timings'].get('total_s', float('nan')):.1f} s in all, fitting {r['timings'].get('fit_s', float('nan')):.1f} s",
         "",
-        "| candidate | log-likelihood | BIC | AIC | iterations | converged | seconds |",
-        "|---|---|---|---|---|---|---|",
+        "| candidate | log-likelihood | BIC | ICL | AIC | iterations | converged | seconds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for c in r["candidates"]:
+        if c.get("status", "ok") == "failed":
+            lines.append(f"| {c['name']} | failed: {c['reason']} | | | | | | {c['seconds']:.1f} |")
+            continue
         lines.append(
-            f"| {c['name']} | {c['loglik']:.6f} | {c['bic']:.6g} | {c['aic']:.6g} | {c['n_iter']} | "
-            f"{c['converged']} | {c['seconds']:.1f} |"
+            f"| {c['name']} | {c['loglik']:.6f} | {c['bic']:.6g} | {c.get('icl', float('nan')):.6g} | "
+            f"{c['aic']:.6g} | {c['n_iter']} | {c['converged']} | {c['seconds']:.1f} |"
         )
+    table = r.get("criteria")
+    if table and len(r["candidates"]) > 1:
+        for key in ("bic", "icl"):
+            lines += ["", f"{key.upper()} over G x model (lower is better; mclust reports the negatives):", "",
+                      "| G | " + " | ".join(table["models"]) + " |", "|---" * (len(table["models"]) + 1) + "|"]
+            values = [v for row in table[key] for v in row if v is not None]
+            best = min(values) if values else None
+            for k, row in zip(table["n_components"], table[key]):
+                cells = ["failed" if v is None else (f"**{v:.6g}**" if v == best else f"{v:.6g}") for v in row]
+                lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines += ["", "Component weights of the selected model: " + ", ".join(f"{w:.4f}" for w in sel["weights"]), ""]
     return "\n".join(lines)
 

@@ -37,7 +37,7 @@ from pipeline.engine.resources import should_cache, single_threaded_blas
 from pipeline.engine.summary import summarize
 from pipeline.estimators.gaussian_mixture import GaussianMixture
 from pipeline.estimators.persistence import load_checkpoint, save_checkpoint
-from pipeline.exceptions import CheckpointError, OutputExistsError
+from pipeline.exceptions import CheckpointError, CovarianceError, OutputExistsError
 from pipeline.storage.atomic import atomic_write_text, publish_dir
 
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -263,9 +263,13 @@ def _fit_candidates(ctx: RunContext, X, summary, resumed: ResumeState) -> list[d
     for k, ct in ctx.cfg.model.candidates():
         name = candidate_name(k, ct)
         path = ctx.stage / "candidates" / f"{name}.npz"
-        if name in resumed.done and path.is_file():
-            results.append({**resumed.done[name], "model": GaussianMixture.load(path)})
-            logger.info(f"candidate {name}: done before the interruption (BIC {resumed.done[name]['bic']:.6g})")
+        done = resumed.done.get(name)
+        if done is not None and done.get("status") == "failed":
+            results.append({**done, "model": None})
+            logger.info(f"candidate {name}: failed before the interruption ({done['reason']})")
+        elif done is not None and path.is_file():
+            results.append({**done, "model": GaussianMixture.load(path)})
+            logger.info(f"candidate {name}: done before the interruption (BIC {done['bic']:.6g})")
         else:
             results.append(_fit_candidate(ctx, X, summary, resumed, k, ct, path))
     ctx.timings["fit_s"] = time.perf_counter() - t_fit
@@ -283,15 +287,21 @@ def _fit_candidate(ctx: RunContext, X, summary, resumed: ResumeState, k: int, ct
     logger.info(f"candidate {name}: fitting ({m.init_params} init, {m.n_init} restart(s), dtype {m.dtype})")
     callback = _iteration_callback(ctx.cfg, ctx.stage, name, ctx.fingerprints, resumed.done)
     t = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        est.fit(X, callback=callback, resume=resumed.start_for(name), data_name=ctx.cfg.data.path, summary=summary)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            est.fit(X, callback=callback, resume=resumed.start_for(name), data_name=ctx.cfg.data.path, summary=summary)
+    except CovarianceError as exc:  # a degenerate fit: recorded (mclust's NA), selection goes on
+        entry = _failed_entry(name, k, ct, str(exc), seconds=time.perf_counter() - t)
+        resumed.done[name] = entry
+        logger.info(f"candidate {name}: failed: {exc}")
+        return {**entry, "model": None}
     for w in caught:
         logger.info(f"warning: {w.message}")
     entry = _candidate_entry(name, k, ct, est, X, seconds=time.perf_counter() - t)
     est.save(path)
     resumed.done[name] = entry
-    logger.info(f"candidate {name}: log-likelihood {entry['loglik']:.6f}, BIC {entry['bic']:.6g}, "
+    logger.info(f"candidate {name}: log-likelihood {entry['loglik']:.6f}, BIC {entry['bic']:.6g}, ICL {entry['icl']:.6g}, "
                 f"{est.n_iter_} iterations, converged {est.converged_}, {entry['seconds']:.1f} s")
     return {**entry, "model": est}
 
@@ -303,9 +313,11 @@ def _candidate_entry(name: str, k: int, ct: str, est: GaussianMixture, X, second
         "name": name,
         "n_components": k,
         "covariance_type": ct,
+        "status": "ok",
         "loglik": ic["loglik"],
         "bic": float(ic["bic"]),
         "aic": float(ic["aic"]),
+        "icl": float(ic["icl"]),
         "n_parameters": ic["n_parameters"],
         "n_iter": est.n_iter_,
         "converged": est.converged_,
@@ -316,12 +328,27 @@ def _candidate_entry(name: str, k: int, ct: str, est: GaussianMixture, X, second
     }
 
 
+def _failed_entry(name: str, k: int, ct: str, reason: str, seconds: float) -> dict:
+    """A candidate whose fit degenerated (a collapsed component without regularisation)."""
+    return {
+        "name": name, "n_components": k, "covariance_type": ct, "status": "failed", "reason": reason,
+        "loglik": None, "bic": None, "aic": None, "icl": None, "n_parameters": None, "n_iter": None,
+        "converged": False, "lower_bound": None, "best_init": None, "seconds": seconds, "history": [],
+    }
+
+
 def _select_and_publish(ctx: RunContext, X, results: list[dict], client) -> RunResult:
     """The candidate with the lowest BIC; its outputs, the report and plots; then publication."""
-    best = min(results, key=lambda r: r["bic"])
+    fitted = [r for r in results if r["status"] == "ok"]
+    if not fitted:
+        raise CovarianceError(
+            f"every candidate failed ({', '.join(r['name'] for r in results)}): {results[0]['reason']}"
+        )
+    best = min(fitted, key=lambda r: r["bic"])
     model = best["model"]
     if len(results) > 1:
-        logger.info(f"selected by BIC: {best['name']}")
+        failed = len(results) - len(fitted)
+        logger.info(f"selected by BIC: {best['name']}" + (f" ({failed} candidate(s) failed)" if failed else ""))
     model.save(ctx.stage / "model.npz")
     t = time.perf_counter()
     _write_point_outputs(ctx.cfg, model, X, ctx.stage)
