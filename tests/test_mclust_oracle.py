@@ -109,7 +109,10 @@ def test_every_model_reaches_mclusts_log_likelihood_bic_and_icl(oracle, dataset)
           {m: f"{v:.1e}" for m, v in worst.items()})
     assert not problems, "\n".join(problems)
     assert compared >= 40, compared  # 14 models x G = 2..4, minus mclust's NA cells
-    # the BIC table over G x model: the same best cell
+    # the BIC table over G x model equals mclustBIC's from the same starts (sign flipped)
+    table = {(g, m): ds["bic_table"][i][j] for i, g in enumerate((2, 3, 4)) for j, m in enumerate(MCLUST_MODELS)}
+    for key, ours in ours_bic.items():
+        assert table[key] is not None and abs(ours + table[key]) <= 1e-6 * abs(table[key]), (key, ours, table[key])
     assert min(ours_bic, key=ours_bic.get) == min(theirs_bic, key=theirs_bic.get)
 
 

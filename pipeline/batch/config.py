@@ -25,7 +25,7 @@ Conventions
   the dataclasses and in :meth:`RunConfig.to_dict`.  URLs (``s3://...``) are kept as given.
 * ``model.n_components`` and ``model.covariance_type`` may be lists; then the run fits every
   combination and keeps the lowest BIC (see :meth:`ModelConfig.candidates`).  Lists are stored
-  as tuples; a scalar stays a scalar.
+  as tuples; a scalar stays a scalar.  ``covariance_type: all`` is mclust's 14 models (a tuple).
 * ``cluster.memory_limit`` is stored in bytes (int); ``"4GiB"``, ``"4GB"``, ``"512MiB"`` or an
   int are accepted (:func:`parse_memory`).
 * Float keys also accept strings such as ``1e-3`` (PyYAML reads a float without a dot as a

@@ -33,7 +33,15 @@ class GaussianMixture(BaseMixture):
     """Gaussian mixture model fitted by EM on chunked (possibly larger-than-memory) data.
 
     Parameters are scikit-learn's (see ``sklearn.mixture.GaussianMixture``, ``warm_start``
-    included) plus:
+    included), with more covariance models, plus:
+
+    covariance_type : str
+        scikit-learn's "full", "tied", "diag", "spherical", or one of R mclust's 14 models
+        "EII", "VII", "EEI", "VEI", "EVI", "VVI", "EEE", "VEE", "EVE", "VVE", "EEV", "VEV",
+        "EVV", "VVV" (:mod:`pipeline.families.mclust`; VVV, EEE, VVI and VII are full, tied,
+        diag and spherical).  ``covariances_`` has the shape of the E-step structure: (K,)
+        scalar, (K, D) diagonal, (K, D, D) ellipsoidal ((D, D) for tied/EEE).  For the mclust
+        names ``precisions_init`` may also be given as (K, D, D) matrices.
 
     dtype : {None, "float64", "float32"}
         Compute precision of the E step and of the statistics' GEMMs.  None (default): the

@@ -48,7 +48,11 @@ for (spec in args[-1]) {
       final_mean = if (is.null(mc)) NA else num(mc$parameters$mean),
       final_sigma = if (is.null(mc)) NA else num(mc$parameters$variance$sigma))
   }
-  result$data[[parts[1]]] <- list(X = num(t(X)), n = nrow(X), d = ncol(X), cells = cells)
+  bt <- mclustBIC(X, G = 2:4, modelNames = models, initialization = list(hcPairs = hcp), control = control,
+                  verbose = FALSE)
+  bic_table <- lapply(2:4, function(G) lapply(models, function(m) num(bt[as.character(G), m])))
+  result$data[[parts[1]]] <- list(X = num(t(X)), n = nrow(X), d = ncol(X), cells = cells,
+                                  bic_table = bic_table)  # mclustBIC: rows G = 2..4, columns models
 }
 counts <- list()
 for (d in c(1, 2, 5)) for (G in c(1, 3)) for (m in models)
