@@ -127,6 +127,19 @@ def test_model_lists_give_every_candidate():
     assert not single.is_search and single.candidates() == [(5, "full")]
 
 
+def test_covariance_type_all_is_mclusts_14_and_two_names_of_one_model_are_refused(tmp_path):
+    from pipeline.families import MCLUST_MODELS
+
+    m = config_from_dict({"model": {"n_components": [2, 3], "covariance_type": "all"}}).model
+    assert m.covariance_type == MCLUST_MODELS and len(m.candidates()) == 28
+    assert config_from_dict({"model": {"covariance_type": "VEV"}}).model.candidates() == [(5, "VEV")]
+    msg = config_error(tmp_path, """
+        model:
+          covariance_type: [full, EEV, VVV]
+        """)
+    assert "model.covariance_type" in msg and "names one model twice" in msg and "line 2" in msg
+
+
 # ---------------------------------------------------------------------------- overrides
 
 

@@ -98,12 +98,53 @@ def test_every_m_step_maximises_q(name):
 
 
 @pytest.mark.parametrize("name", [m for m in MCLUST_MODELS if get_family(m).iterative])
-def test_iterative_m_step_warm_started_at_its_solution_stays_there(name):
+def test_iterative_m_step_warm_starts_from_the_previous_covariances(name):
+    """One inner iteration from the solution stays at it (1e-6), one from a cold start does
+    not get there (so ``previous`` is what makes the difference); unusable ``previous``
+    (NaN, another shape) gives the cold result exactly."""
     family = get_family(name)
     s0, s1, s2, _ = _statistics(family, 3)
-    cold = family.m_step(s0, s1, s2, 0.0)
-    warm = family.m_step(s0, s1, s2, 0.0, previous=cold)
-    np.testing.assert_allclose(warm, cold, rtol=1e-7, atol=1e-12)
+    solution = family.m_step(s0, s1, s2, 0.0)
+    one_step = type(family)()
+    one_step.inner_max_iter = 1
+    scale = np.abs(solution).max()
+    assert np.max(np.abs(one_step.m_step(s0, s1, s2, 0.0, previous=solution) - solution)) <= 1e-6 * scale
+    assert np.max(np.abs(one_step.m_step(s0, s1, s2, 0.0) - solution)) >= 1e-5 * scale
+    for bad in (np.full_like(solution, np.nan), solution[:1]):
+        np.testing.assert_array_equal(family.m_step(s0, s1, s2, 0.0, previous=bad), solution)
+
+
+@pytest.mark.parametrize("name", MCLUST_MODELS)
+def test_reg_covar_above_zero_never_raises_on_a_singular_scatter(name):
+    """A component whose scatter is singular (two identical rows, one direction) at a large
+    scale, where N_k * reg_covar is lost to rounding: the M step is retried with more
+    regularisation (the component reported as floored) instead of raising; at reg_covar=0
+    the models that need its determinant or its variances raise."""
+    from pipeline.core.stats import SuffStats
+    from pipeline.core.updaters import MaximumLikelihood
+
+    family = get_family(name)
+    w1 = np.array([[1e6, 1e6], [1e6, 1e6]])  # rank one
+    outer = np.stack([np.eye(2) * 50.0, w1])
+    st = SuffStats.zeros(np.zeros((2, 2)), name)
+    st.n, st.s0 = 100.0, np.array([50.0, 50.0])
+    st.s2 = {"outer": outer, "diagonal": np.einsum("kii->ki", outer), "trace": np.einsum("kii->k", outer)}[family.statistic]
+    params, floored = MaximumLikelihood(reg_covar=1e-300, scale=1.0).m_step(st)
+    mats = family.full_covariances(params.covariances, 2, 2)
+    assert np.all(np.isfinite(mats)) and np.all(np.linalg.eigvalsh(mats) > 0)
+    if name == "EVV":  # |W_1| is 0: EVV cannot do without regularisation
+        assert floored == [1]
+        with pytest.raises(CovarianceError):
+            MaximumLikelihood(reg_covar=0.0).m_step(st)
+
+
+@pytest.mark.parametrize("name", ["EII", "VII", "EEI", "VVI", "EEE", "VVV"])
+def test_reg_covar_is_scikit_learns_for_the_models_linear_in_the_scatter(name):
+    family = get_family(name)
+    s0, s1, s2, _ = _statistics(family, 4)
+    base, reg = family.m_step(s0, s1, s2, 0.0), family.m_step(s0, s1, s2, 1e-3)
+    eye = {3: np.eye(D)[None], 2: np.eye(D) if name == "EEE" else np.ones((1, D))}.get(base.ndim, 1.0)
+    np.testing.assert_allclose(reg, base + 1e-3 * eye, rtol=1e-12, atol=1e-14)
 
 
 def test_names_counts_and_aliases():
@@ -139,9 +180,12 @@ def test_precisions_init_as_full_matrices_for_every_mclust_name():
             warnings.simplefilter("ignore")
             g.fit(X)
         np.testing.assert_allclose(family.full_covariances(g.covariances_, 3, X.shape[1]), mats, rtol=1e-9)
-    with pytest.raises(ValueError, match="diagonal"):
-        GaussianMixture(3, covariance_type="EEI", means_init=ref.means_,
-                        precisions_init=np.linalg.inv(ref.covariances_)).fit(X)
+    full = np.linalg.inv(ref.covariances_)
+    diagonal = np.stack([np.diag(np.diag(p)) for p in full])
+    for name, precisions, match in (("EEI", full, "diagonal"), ("VVI", full, "diagonal"),
+                                    ("EII", diagonal, "multiples of the identity"), ("EEE", full, "shared")):
+        with pytest.raises(ValueError, match=match):
+            GaussianMixture(3, covariance_type=name, means_init=ref.means_, precisions_init=precisions).fit(X)
 
 
 def _stats_of(X, r, family):

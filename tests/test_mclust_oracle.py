@@ -3,9 +3,10 @@
 For four data sets (R's faithful and iris, mclust's diabetes, and one generated here), G = 2..4
 and every model, both programs start from the same parameters (mclust's first M step from
 the partition of its hierarchical clustering) and run EM to convergence with no
-regularisation.  Ours must reach mclust's log-likelihood to 1e-6 relative (EVE to 1e-4: its
-orientation problem has local optima), and VVE at least mclust's (mclust's VVE M step leaves
-the volumes out of its orientation step, so it does not maximise; ours does).  BIC and ICL of
+regularisation.  Ours must reach mclust's log-likelihood to 1e-8 relative (the issue asks
+1e-6, and 1e-4 for EVE, whose orientation problem has local optima), and VVE a higher one than
+mclust's (mclust's VVE M step leaves the volumes out of its orientation step, so it does not
+maximise; ours does).  BIC and ICL of
 the same fits are mclust's with the sign flipped (lower is better here).
 
 R is installed by ``scripts/setup_mclust`` (the ``rscript`` fixture); CI requires it.
@@ -28,7 +29,9 @@ from tests.conftest import REPO
 
 R_SCRIPT = REPO / "tests" / "r" / "mclust_oracle.R"
 DATASETS = ("faithful", "iris", "diabetes", "generated")
-TOL = {"EVE": 1e-4}  # relative, on the converged log-likelihood; 1e-6 for the others
+#: relative, on the converged log-likelihood, every model but VVE.  The issue asks for 1e-6 (EVE
+#: 1e-4: its orientation problem has local optima); on these data all reach 2.6e-9 or better.
+TOL = 1e-8
 
 
 def _generated(path):
@@ -91,12 +94,12 @@ def test_every_model_reaches_mclusts_log_likelihood_bic_and_icl(oracle, dataset)
         rel = (ll - cell["loglik"]) / abs(cell["loglik"])
         model = cell["model"]
         worst[model] = max(worst[model], abs(rel)) if model != "VVE" else min(worst.get(model, np.inf), rel)
-        if model == "VVE":
-            if rel < -1e-6:
-                problems.append(f"{key}: VVE log-likelihood {ll:.6f} below mclust's {cell['loglik']:.6f}")
+        if model == "VVE":  # never below mclust's; on these data strictly above in every cell
+            if rel <= 0:
+                problems.append(f"{key}: VVE log-likelihood {ll:.6f} not above mclust's {cell['loglik']:.6f}")
             compared += 1
             continue
-        if abs(rel) > TOL.get(model, 1e-6):
+        if abs(rel) > TOL:
             problems.append(f"{key}: log-likelihood {ll:.8f} against mclust's {cell['loglik']:.8f} ({rel:+.1e})")
         ours_bic[key], theirs_bic[key] = ic["bic"], -cell["bic"]
         # ICL's classification term is first order in the parameters (the log-likelihood is

@@ -218,7 +218,11 @@ def _info(args) -> int:
         print(f"  selected: {sel['name']}  loglik {sel['loglik']:.6f}  BIC {sel['bic']:.6g}  "
               f"{sel['n_iter']} iterations  converged {sel['converged']}")
         for c in r["candidates"]:
-            print(f"  candidate {c['name']}: loglik {c['loglik']:.6f} BIC {c['bic']:.6g} n_iter {c['n_iter']}")
+            if c.get("status") == "failed":
+                print(f"  candidate {c['name']}: failed: {c['reason']}")
+            else:
+                icl = f" ICL {c['icl']:.6g}" if c.get("icl") is not None else ""
+                print(f"  candidate {c['name']}: loglik {c['loglik']:.6f} BIC {c['bic']:.6g}{icl} n_iter {c['n_iter']}")
         print(f"  total time {r['timings'].get('total_s', float('nan')):.1f} s")
         return 0
     progress = staging_dir(d) / PROGRESS_NAME

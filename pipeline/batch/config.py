@@ -53,7 +53,7 @@ from typing import Any
 import yaml
 
 from pipeline.exceptions import ConfigError
-from pipeline.families import COVARIANCE_TYPES, MCLUST_MODELS
+from pipeline.families import COVARIANCE_TYPES, MCLUST_MODELS, get_family
 from pipeline.options import (
     CACHE_MODES,
     CHUNK_ROWS_DEFAULT,
@@ -451,10 +451,19 @@ def _one_or_list(item_check, what: str):
 
 
 def _all_or(everything: tuple, check):
-    """``all`` for every value of ``everything`` (a tuple, as a list would give), else ``check``."""
+    """``all`` for every value of ``everything`` (a tuple, as a list would give), else
+    ``check``; two names of one covariance family in a list (full and VVV) are an error."""
 
     def check_all(v, key, ctx):
-        return tuple(everything) if v == "all" else check(v, key, ctx)
+        if v == "all":
+            return tuple(everything)
+        out = check(v, key, ctx)
+        if isinstance(out, tuple):
+            families = [get_family(x).name for x in out]
+            if len(set(families)) != len(families):
+                ctx.fail(key, v, "a list without two names of one model (full is VVV, tied EEE, diag VVI, "
+                         "spherical VII)", "names one model twice")
+        return out
 
     return check_all
 

@@ -35,7 +35,7 @@ def build_report(cfg, X, results, best, timings, cluster_info, fingerprints) -> 
             "loglik": best["loglik"],
             "bic": best["bic"],
             "aic": best["aic"],
-            "icl": best["icl"],
+            "icl": best.get("icl"),
             "n_iter": best["n_iter"],
             "converged": best["converged"],
             "weights": model.weights_.tolist(),
@@ -57,8 +57,8 @@ def criteria_table(results) -> dict:
     cell = {(r["n_components"], r["covariance_type"]): r for r in results}
     table = {"n_components": ks, "models": models, "lower_is_better": True}
     for key in ("bic", "icl"):
-        table[key] = [[cell[(k, m)][key] if (k, m) in cell else None for m in models] for k in ks]
-    table["failed"] = {r["name"]: r["reason"] for r in results if r["status"] == "failed"}
+        table[key] = [[cell[(k, m)].get(key) if (k, m) in cell else None for m in models] for k in ks]
+    table["failed"] = {r["name"]: r["reason"] for r in results if r.get("status") == "failed"}
     return table
 
 
@@ -97,7 +97,7 @@ def report_markdown(r: dict) -> str:
             lines.append(f"| {c['name']} | failed: {c['reason']} | | | | | | {c['seconds']:.1f} |")
             continue
         lines.append(
-            f"| {c['name']} | {c['loglik']:.6f} | {c['bic']:.6g} | {c.get('icl', float('nan')):.6g} | "
+            f"| {c['name']} | {c['loglik']:.6f} | {c['bic']:.6g} | {c.get('icl') or float('nan'):.6g} | "
             f"{c['aic']:.6g} | {c['n_iter']} | {c['converged']} | {c['seconds']:.1f} |"
         )
     table = r.get("criteria")

@@ -339,7 +339,7 @@ def _failed_entry(name: str, k: int, ct: str, reason: str, seconds: float) -> di
 
 def _select_and_publish(ctx: RunContext, X, results: list[dict], client) -> RunResult:
     """The candidate with the lowest BIC; its outputs, the report and plots; then publication."""
-    fitted = [r for r in results if r["status"] == "ok"]
+    fitted = [r for r in results if r.get("status", "ok") == "ok"]  # entries of older checkpoints lack it
     if not fitted:
         raise CovarianceError(
             f"every candidate failed ({', '.join(r['name'] for r in results)}): {results[0]['reason']}"

@@ -23,7 +23,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from pipeline.core.params import MixtureParams
-from pipeline.families import CovarianceFamily, get_family
+from pipeline.exceptions import CovarianceError
+from pipeline.families import CHOLESKY_ADVICE, CovarianceFamily, get_family
 
 #: added to every N_k, as scikit-learn does, so empty components never divide by zero.
 NK_FLOOR = 10 * np.finfo(np.float64).eps
@@ -162,9 +163,48 @@ class SuffStats:
         nk = self.s0 + NK_FLOOR
         weights = nk / nk.sum()
         means = self.centres + self.s1 / nk[:, None]
-        cov = family.m_step(nk, self.s1, self.s2, reg_covar, previous)
+        if floor:
+            cov, raised = self._regularised_m_step(family, nk, reg_covar, scale, previous)
+        else:
+            cov, raised = family.m_step(nk, self.s1, self.s2, reg_covar, previous), []
         if floor:
             cov, prec_chol, floored = family.floor(cov, scale, reg_covar)
+            floored = sorted(set(floored) | set(raised))
         else:
             prec_chol, floored = family.precision_cholesky(cov), []
         return MixtureParams(weights, means, cov, prec_chol, family.name), floored
+
+    def _regularised_m_step(self, family, nk, reg_covar, scale, previous):
+        """The family's M step; where it finds a scatter degenerate (a model that needs a
+        determinant or a positive variance of a collapsed component, or rounding at a large
+        data scale), again with ``reg_covar`` raised from ``max(reg_covar, 1e-10 * scale)``
+        by factors of 10.  Returns (covariances, the components whose smallest variance is
+        below the regularisation that worked) -- ([] when the first try succeeds)."""
+        try:
+            return family.m_step(nk, self.s1, self.s2, reg_covar, previous), []
+        except CovarianceError:
+            pass
+        reg = max(float(reg_covar), 1e-10 * float(scale), np.finfo(np.float64).tiny)
+        for _ in range(40):
+            try:
+                cov = family.m_step(nk, self.s1, self.s2, reg, previous)
+                break
+            except CovarianceError:
+                reg *= 10.0
+        else:  # pragma: no cover - 40 decades of regularisation always succeed
+            raise CovarianceError(CHOLESKY_ADVICE)
+        low = self.smallest_variances(nk) <= reg
+        return cov, (np.nonzero(low)[0].tolist() or list(range(len(nk))))
+
+    def smallest_variances(self, nk=None) -> np.ndarray:
+        """(K,) the smallest variance of each component about its new mean: the smallest
+        eigenvalue of W_k / N_k ("outer"), its smallest diagonal ("diagonal") or its mean
+        diagonal ("trace")."""
+        nk = self.s0 + NK_FLOOR if nk is None else nk
+        e = self.s1 / nk[:, None]
+        if self.s2.ndim == 3:
+            cov = self.s2 / nk[:, None, None] - np.einsum("ki,kj->kij", e, e)
+            return np.linalg.eigvalsh(0.5 * (cov + np.swapaxes(cov, 1, 2)))[:, 0]
+        if self.s2.ndim == 2:
+            return np.min(self.s2 / nk[:, None] - e * e, axis=1)
+        return (self.s2 / nk - np.sum(e * e, axis=1)) / e.shape[1]

@@ -3,7 +3,8 @@
 The EM loop (:func:`pipeline.engine.em.run_em`) makes a pass, hands the totals to its updater
 and gets back new parameters and the objective it tracks.  Maximum likelihood is the only one
 today; a variational (Bayesian) or incremental variant is another class with the same two
-methods, not an edit of the loop (scikit-learn's ``BayesianGaussianMixture`` reuses its EM loop
+methods (``lower_bound(stats)``, ``m_step(stats, previous=None)``, ``previous`` being the
+parameters the statistics were computed under), not an edit of the loop (scikit-learn's ``BayesianGaussianMixture`` reuses its EM loop
 the same way through ``_m_step``/``_compute_lower_bound``).
 """
 

@@ -86,6 +86,13 @@ class CovarianceFamily:
     def __repr__(self) -> str:
         return f"<covariance family {self.name} ({self.mclust_name})>"
 
+    @property
+    def own_scatter(self) -> bool:
+        """Whether a component's covariance has a volume or shape of its own (a V in the first
+        two letters of mclust's name), so that a collapsed component makes the fit degenerate;
+        with E or I there the other components' scatter keeps it positive definite."""
+        return "V" in self.mclust_name[:2]
+
     # ------------------------------------------------------------------ shapes and counts
     def covariance_shape(self, n_components: int, n_features: int) -> tuple:
         """Shape of ``covariances_`` (and of ``precisions_cholesky_``, ``precisions_``)."""
@@ -225,8 +232,7 @@ class EllipsoidalFamily(CovarianceFamily):
     def from_full_matrices(self, mats, what="precisions_init"):
         mats = np.asarray(mats, dtype=np.float64)
         k = len(mats)
-        shared = self._matrices(np.zeros(self.covariance_shape(k, mats.shape[-1]))).shape[0] == 1
-        if not shared:
+        if len(self.covariance_shape(k, mats.shape[-1])) == 3:  # one matrix per component
             return mats
         if not np.allclose(mats, mats[:1], rtol=1e-12, atol=0.0):
             raise ValueError(f"{what}: covariance_type {self.name!r} has one matrix shared by all components; "

@@ -191,8 +191,7 @@ class VEI(IterativeMixin, Diag):
         return n_components + n_features - 1
 
     def m_step(self, s0, s1, s2, reg_covar, previous=None):
-        b = diagonal_scatter(s0, s1, s2, reg_covar)
-        _require(b > 0)
+        b = diagonal_scatter(s0, s1, s2, reg_covar)  # a zero in one component is fine: A is shared
         k, d = b.shape
         n = s0.sum()
         if _usable(previous, b.shape) and np.all(previous > 0):
@@ -202,7 +201,9 @@ class VEI(IterativeMixin, Diag):
         old, change = np.inf, np.inf
         for _ in range(self.inner_max_iter):
             lam = (b / a).sum(axis=1) / (d * s0)
+            _require(lam > 0)
             m = (b / lam[:, None]).sum(axis=0)
+            _require(m > 0)
             a = _unit_det(m)
             obj = (d * np.dot(s0, np.log(lam)) + np.sum(b / (lam[:, None] * a))) / n
             change, old = abs(old - obj), obj
