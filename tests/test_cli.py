@@ -275,3 +275,38 @@ def test_a_run_whose_every_candidate_fails_is_one_clear_error(tmp_path):
     assert r.returncode != 0
     assert "every candidate failed (k3-VVV, k4-VVV)" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "run").exists()  # nothing published (the staging directory stays for --resume)
+
+
+def test_resume_keeps_failed_candidates_without_refitting_them(tmp_path, client):
+    import pipeline.batch.runner as run_mod
+
+    _blobs_with_a_duplicated_point(tmp_path / "dup.zarr")
+    config, cfg = small_config(tmp_path)
+    cfg["data"] = {"path": str(tmp_path / "dup.zarr"), "chunk_rows": 400}
+    cfg["model"].update(n_components=3, covariance_type=["VVV", "EEE"], reg_covar=0.0, max_iter=5)
+
+    class Stop(Exception):
+        pass
+
+    def boom(*a, **k):
+        raise Stop
+
+    original_outputs, original_fit = run_mod._write_point_outputs, run_mod._fit_candidate
+    fitted = []
+
+    def counting_fit(ctx, X, summary, resumed, k, ct, path):
+        fitted.append(run_mod.candidate_name(k, ct))
+        return original_fit(ctx, X, summary, resumed, k, ct, path)
+
+    try:
+        run_mod._write_point_outputs = boom  # interrupted after both candidates, before outputs
+        with pytest.raises(Stop):
+            run(config_from_dict(cfg), client=client)
+        run_mod._write_point_outputs, run_mod._fit_candidate = original_outputs, counting_fit
+        result = run(config_from_dict(cfg), resume=True, client=client)
+    finally:
+        run_mod._write_point_outputs, run_mod._fit_candidate = original_outputs, original_fit
+    assert "k3-VVV" not in fitted  # its failure came from the checkpoint
+    by_name = {c["name"]: c for c in result.report["candidates"]}
+    assert by_name["k3-VVV"]["status"] == "failed" and "increase reg_covar" in by_name["k3-VVV"]["reason"]
+    assert result.report["selected"]["name"] == "k3-EEE"
