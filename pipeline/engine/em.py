@@ -34,12 +34,19 @@ def _em_kernel(block, plan, centres, covariance_type):
     return chunk_stats(block, plan, centres, covariance_type).to_vector()
 
 
-def e_step_stats(X: da.Array, params: MixtureParams, dtype="float64") -> SuffStats:
-    """One pass: E step on every chunk and the reduced statistics, centred at the current means."""
+def _weighted_em_kernel(block, weights, plan, centres, covariance_type):
+    return chunk_stats(block, plan, centres, covariance_type, weights=weights).to_vector()
+
+
+def e_step_stats(X: da.Array, params: MixtureParams, dtype="float64", weights: da.Array | None = None) -> SuffStats:
+    """One pass: E step on every chunk and the reduced statistics, centred at the current means.
+
+    ``weights``: optional (n,) sample weights with X's row chunks (validated by the caller):
+    the statistics are then weighted sums and ``n`` the total weight."""
     plan = params.plan(dtype)
     vec = reduce_blocks(
-        X,
-        _em_kernel,
+        X if weights is None else (X, weights),
+        _em_kernel if weights is None else _weighted_em_kernel,
         vector_length(params.covariance_type, params.n_components, params.n_features),
         dask.delayed(plan, pure=True),
         dask.delayed(params.means, pure=True),
@@ -77,6 +84,7 @@ def run_em(
     name: str = "data",
     updater=None,
     lower_bound: float | None = None,
+    weights: da.Array | None = None,
 ) -> EMResult:
     """EM from ``params`` until ``|change of the objective| < tol`` or ``max_iter``.
 
@@ -87,6 +95,9 @@ def run_em(
     ``history`` (mean log-likelihoods of earlier iterations) resumes an interrupted run: the
     iteration count continues from ``len(history)``.  The mean log-likelihood of iteration i is
     computed under the parameters before its M step (as scikit-learn's ``lower_bounds_``).
+
+    ``weights`` (n,) with X's row chunks: weighted EM (the objective is then the weighted mean
+    log-likelihood), equal to EM on the data with row i repeated w_i times for integer w.
 
     ``lower_bound`` (without ``history``) is the objective the first change is measured from:
     scikit-learn's ``warm_start`` continues a previous fit from its ``lower_bound_``, counting
@@ -105,7 +116,7 @@ def run_em(
         return EMResult(params, history, True, n_iter)
     for n_iter in range(len(history) + 1, max_iter + 1):
         t0 = time.perf_counter()
-        st = e_step_stats(X, params, dtype)
+        st = e_step_stats(X, params, dtype, weights)
         if st.n_nonfinite:
             summarize(X, name)  # names the chunks holding NaN/inf, if that is the cause; raises
             raise DataError(

@@ -213,23 +213,36 @@ def responsibilities(wlp: np.ndarray, scratch=None, clamp: bool = True) -> tuple
 # --------------------------------------------------------------------------------------------
 
 
-def chunk_stats(x, plan: EStepPlan, centres, covariance_type) -> "SuffStats":
+def chunk_stats(x, plan: EStepPlan, centres, covariance_type, weights=None) -> "SuffStats":
     """E step on one chunk: responsibilities from ``plan`` and the partial statistics.
 
     x : (n, D) numeric array (any float/int dtype; converted block by block to the plan's
-    dtype).  centres : (K, D) float64, normally the current means.
+    dtype).  centres : (K, D) float64, normally the current means.  weights : optional (n,)
+    non-negative sample weights: every statistic is then a weighted sum (``n`` the total
+    weight, ``loglik`` sum w log p(x), ``s0..s2`` with ``w r`` for ``r``), as if row i were
+    repeated w_i times.
     """
     st = SuffStats.zeros(centres, covariance_type)
+    w = None if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
     if plan.kind != "centred":
-        return _add_features_chunk(st, x, plan)
+        return _add_features_chunk(st, x, plan, w)
+    start = 0
     for xc in shifted_blocks(x, plan.shift, plan.dtype):
+        wb = None if w is None else w[start : start + xc.shape[0]]
+        start += xc.shape[0]
         lpx, log_resp = log_responsibilities(xc, plan)
         if not np.all(np.isfinite(lpx)):
             st.n_nonfinite += float(np.count_nonzero(~np.isfinite(lpx)))
             ok = np.isfinite(lpx)
             lpx, log_resp, xc = lpx[ok], log_resp[ok], xc[ok]
-        st.loglik += float(lpx.sum())
-        _accumulate(st, xc, np.exp(log_resp), plan.shift)
+            wb = None if wb is None else wb[ok]
+        resp = np.exp(log_resp)
+        if wb is None:
+            st.loglik += float(lpx.sum())
+            _accumulate(st, xc, resp, plan.shift)
+        else:
+            st.loglik += float(np.dot(wb, lpx))
+            _accumulate(st, xc, resp * wb[:, None], plan.shift, n_rows=float(wb.sum()))
     return st
 
 def labels_stats(x, labels, centres, covariance_type, shift, dtype="float64") -> "SuffStats":
@@ -254,7 +267,7 @@ def resp_stats(x, resp, centres, covariance_type, shift, dtype="float64") -> "Su
         start += xc.shape[0]
     return st
 
-def _add_features_chunk(st: SuffStats, x, plan: EStepPlan) -> "SuffStats":
+def _add_features_chunk(st: SuffStats, x, plan: EStepPlan, weights=None) -> "SuffStats":
     """The fast path (plan kinds "outer", "diag", "sphere"), block by block in reused buffers.
 
     Per block: ``z`` = features(x - shift) with a row of ones appended; the weighted
@@ -298,12 +311,19 @@ def _add_features_chunk(st: SuffStats, x, plan: EStepPlan) -> "SuffStats":
             with np.errstate(invalid="ignore"):  # inf - inf in rows no component explains
                 clamp = bool(np.any(w.max(axis=0) - w.min(axis=0) > -EXP_FLOOR[dt.name]))
         lpx, resp = responsibilities(w, scratch, clamp)  # resp (K, m), in w
+        wb = None if weights is None else weights[start : start + m]
         if not np.all(np.isfinite(lpx)):
             st.n_nonfinite += float(np.count_nonzero(~np.isfinite(lpx)))
             ok = np.isfinite(lpx)
             lpx, resp, z = lpx[ok], resp[:, ok], z[:, ok]
-        st.n += lpx.shape[0]
-        st.loglik += float(lpx.sum(dtype=np.float64))
+            wb = None if wb is None else wb[ok]
+        if wb is None:
+            st.n += lpx.shape[0]
+            st.loglik += float(lpx.sum(dtype=np.float64))
+        else:  # weighted rows: w r in place of r (one multiply per entry of resp)
+            st.n += float(wb.sum())
+            st.loglik += float(np.dot(wb, lpx.astype(np.float64)))
+            resp *= wb.astype(resp.dtype, copy=False)
         g += np.dot(z, resp.T, out=g_part)
     st.s0 = g[-1].copy()
     dk = st.centres - np.asarray(plan.shift, dtype=np.float64)
@@ -326,9 +346,10 @@ def _add_features_chunk(st: SuffStats, x, plan: EStepPlan) -> "SuffStats":
         st.s2 = g[:q].T - 2.0 * dk * r1 + st.s0[:, None] * dk * dk
     return st
 
-def _accumulate(st: SuffStats, xc, resp, shift) -> None:
-    """Add the rows ``xc = x - shift`` (B, D) with responsibilities ``resp`` (B, K) float64."""
-    st.n += xc.shape[0]
+def _accumulate(st: SuffStats, xc, resp, shift, n_rows=None) -> None:
+    """Add the rows ``xc = x - shift`` (B, D) with responsibilities ``resp`` (B, K) float64
+    (already multiplied by the rows' weights, whose sum is then ``n_rows``)."""
+    st.n += xc.shape[0] if n_rows is None else n_rows
     nk = resp.sum(axis=0)
     st.s0 += nk
     d = st.centres - np.asarray(shift, dtype=np.float64)  # c_k - shift, (K, D)
