@@ -19,12 +19,12 @@ def chunk():
 
 def _kernels(x, centres, shift):
     return {
-        "cost": init._cost_kernel(x, centres, shift),
-        "sample": init._sample_kernel(x, centres, shift, 0.5, 3, 1),
-        "count": init._count_kernel(x, centres, shift),
-        "lloyd": init._lloyd_kernel(x, centres, shift),
-        "labels": init._labels_stats_kernel(x, centres, shift, "full", "float64"),
-        "random": init._random_resp_stats_kernel(x, centres, shift, "diag", "float64", 5, block_id=(2, 0)),
+        "cost": init._cost_kernel(x, None, centres, shift),
+        "sample": init._sample_kernel(x, None, centres, shift, 0.5, 3, 1),
+        "count": init._count_kernel(x, None, centres, shift),
+        "lloyd": init._lloyd_kernel(x, None, centres, shift),
+        "labels": init._labels_stats_kernel(x, None, centres, shift, "full", "float64"),
+        "random": init._random_resp_stats_kernel(x, None, centres, shift, "diag", "float64", 5, block_id=(2, 0)),
     }
 
 
@@ -51,7 +51,7 @@ def test_kmeans_parallel_kernels_memory_does_not_grow_with_the_chunk():
     shift = np.zeros(16)
     for kernel in (init._count_kernel, init._cost_kernel, init._lloyd_kernel):
         tracemalloc.start()
-        kernel(x, centres, shift)
+        kernel(x, None, centres, shift)  # (block, weights, ...): unweighted
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         # one (300k x 161) float64 temporary would be 386 MB; blocks keep a few 8 MiB ones

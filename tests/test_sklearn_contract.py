@@ -41,11 +41,24 @@ PRIVATE = {
 KNOWN_FAILURES: dict[str, str] = {}  # test name -> reason; README "scikit-learn compatibility"
 
 
+#: checks expected to fail, with the reason (README "scikit-learn compatibility")
+EXPECTED_FAILED_CHECKS = {
+    "check_sample_weight_equivalence_on_dense_data": (
+        "the random initialisation draws differently for weighted and for repeated rows (here the "
+        "same two components come out in the other order); from the same start integer weights "
+        "equal repeated rows to 1e-10 (tests/test_weights.py)"
+    ),
+}
+
+
 def test_check_estimator_passes_every_check():
-    results = check_estimator(GaussianMixture(n_components=2, max_iter=20), on_fail=None)
+    results = check_estimator(GaussianMixture(n_components=2, max_iter=20), on_fail=None,
+                              expected_failed_checks=EXPECTED_FAILED_CHECKS)
     failed = [(r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"]
     assert not failed, failed
-    assert len(results) > 30 and all(r["status"] in ("passed", "skipped") for r in results)
+    xfailed = {r["check_name"] for r in results if r["status"] == "xfail"}
+    assert xfailed == set(EXPECTED_FAILED_CHECKS), xfailed  # each fails, for its stated reason only
+    assert len(results) > 30 and all(r["status"] in ("passed", "skipped", "xfail") for r in results)
 
 
 def test_convergence_warning_is_sklearns():

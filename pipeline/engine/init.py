@@ -28,6 +28,7 @@ from pipeline.core.params import MixtureParams
 from pipeline.core.stats import SuffStats, vector_length
 from pipeline.engine.graph import reduce_blocks
 from pipeline.engine.summary import DataSummary
+from pipeline.exceptions import DataError
 from pipeline.families import warn_floored
 from pipeline.kernels.cpu import labels_stats, resp_stats
 from pipeline.options import INIT_PARAMS
@@ -74,30 +75,64 @@ def _nearest(x, centres, shift):
     return d2min, lab
 
 
-def _cost_kernel(block, centres, shift):
-    return np.array([_nearest(block, centres, shift)[0].sum()])
+# Every kernel below is called as ``kernel(block, w, *args)``: ``w`` is the block's sample
+# weights, or None (unweighted, the same numbers as before weights existed); see _map.
 
 
-def _sample_kernel(block, centres, shift, factor, seed, index):
-    """Rows kept with probability min(1, factor * d^2) (k-means|| oversampling)."""
+def _map(reduce, X, weights, kernel, length, *args, **kwargs):
+    """``reduce(X, kernel, length, *args)`` over the row chunks, with the weights' aligned
+    blocks as the kernels' second argument (None for every block when unweighted)."""
+    if weights is None:
+        return reduce(X, kernel, length, None, *args, **kwargs)
+    return reduce((X, weights), kernel, length, *args, **kwargs)
+
+
+def _wb(w):
+    return None if w is None else np.asarray(w, dtype=np.float64).reshape(-1)
+
+
+def _cost_kernel(block, w, centres, shift):
     d2 = _nearest(block, centres, shift)[0]
+    return np.array([d2.sum() if w is None else np.dot(_wb(w), d2)])
+
+
+def _sample_kernel(block, w, centres, shift, factor, seed, index):
+    """Rows kept with probability min(1, factor * w * d^2) (k-means|| oversampling)."""
+    d2 = _nearest(block, centres, shift)[0]
+    if w is not None:
+        d2 = d2 * _wb(w)
     rng = np.random.default_rng([seed, index])
     keep = rng.random(d2.shape[0]) < factor * d2
     return np.asarray(block[keep], dtype=np.float64)
 
 
-def _uniform_sample_kernel(block, fraction, seed, index):
+def _uniform_sample_kernel(block, w, fraction, seed, index):
+    """A uniform sample of the rows (of positive weight), with their weights as a last column."""
     rng = np.random.default_rng([seed, index])
-    return np.asarray(block, dtype=np.float64)[rng.random(block.shape[0]) < fraction]
+    keep = rng.random(block.shape[0]) < fraction
+    w = np.ones(block.shape[0]) if w is None else _wb(w)
+    keep &= w > 0
+    return np.column_stack([np.asarray(block, dtype=np.float64)[keep], w[keep]])
 
 
-def _count_kernel(block, centres, shift):
+def _gumbel_top_kernel(block, w, k, seed, index):
+    """The k rows of largest ``log w + Gumbel`` noise, as [key, row...]: merged over chunks,
+    the top k are a weighted sample without replacement (Efraimidis & Spirakis 2006)."""
+    rng = np.random.default_rng([seed, index])
+    with np.errstate(divide="ignore"):
+        keys = np.log(_wb(w)) + rng.gumbel(size=block.shape[0])
+    top = np.argsort(-keys)[:k]
+    return np.column_stack([keys[top], np.asarray(block, dtype=np.float64)[top]])
+
+
+def _count_kernel(block, w, centres, shift):
     lab = _nearest(block, centres, shift)[1]
-    return np.bincount(lab, minlength=centres.shape[0]).astype(np.float64)
+    return np.bincount(lab, weights=_wb(w), minlength=centres.shape[0]).astype(np.float64)
 
 
-def _lloyd_kernel(block, centres, shift):
-    """[inertia, counts (K), sums of x - c_k (K*D)] of the nearest-centre assignment.
+def _lloyd_kernel(block, w, centres, shift):
+    """[inertia, counts (K), sums of x - c_k (K*D)] of the nearest-centre assignment (weighted
+    by ``w`` when given).
 
     The per-centre sums are one GEMM (per block of rows) of the one-hot assignment with the
     shifted rows.
@@ -105,23 +140,25 @@ def _lloyd_kernel(block, centres, shift):
     k, d = centres.shape
     inertia, counts, sums = 0.0, np.zeros(k), np.zeros((k, d))
     cs = centres - shift
+    w = _wb(w)
     for a, b in _row_blocks(block.shape[0], max(k, d)):
         xs, _, d2 = _shifted_sq_dist(block[a:b], centres, shift)
         lab = d2.argmin(axis=1)
         onehot = np.zeros((b - a, k))
-        onehot[np.arange(b - a), lab] = 1.0
-        inertia += d2[np.arange(b - a), lab].sum()
+        onehot[np.arange(b - a), lab] = 1.0 if w is None else w[a:b]
+        nearest = d2[np.arange(b - a), lab]
+        inertia += nearest.sum() if w is None else np.dot(w[a:b], nearest)
         counts += onehot.sum(axis=0)
         sums += onehot.T @ xs
     return np.concatenate([[inertia], counts, (sums - counts[:, None] * cs).ravel()])
 
 
-def _labels_stats_kernel(block, centres, shift, covariance_type, dtype):
+def _labels_stats_kernel(block, w, centres, shift, covariance_type, dtype):
     lab = _nearest(block, centres, shift)[1]
-    return labels_stats(block, lab, centres, covariance_type, shift, dtype).to_vector()
+    return labels_stats(block, lab, centres, covariance_type, shift, dtype, weights=_wb(w)).to_vector()
 
 
-def _random_resp_stats_kernel(block, centres, shift, covariance_type, dtype, seed, block_id=None):
+def _random_resp_stats_kernel(block, w, centres, shift, covariance_type, dtype, seed, block_id=None):
     """Statistics of random responsibilities, drawn block by block from one generator (the same
     numbers as one (n, K) draw)."""
     rng = np.random.default_rng([seed, block_id[0]])
@@ -130,15 +167,26 @@ def _random_resp_stats_kernel(block, centres, shift, covariance_type, dtype, see
     for a, b in _row_blocks(block.shape[0], k):
         resp = rng.uniform(size=(b - a, k))
         resp /= resp.sum(axis=1, keepdims=True)
-        st = st.merge(resp_stats(block[a:b], resp, centres, covariance_type, shift, dtype))
+        wb = None if w is None else _wb(w)[a:b]
+        st = st.merge(resp_stats(block[a:b], resp, centres, covariance_type, shift, dtype, weights=wb))
     return st.to_vector()
 
 
-def _per_chunk(X, fn, *args):
-    """Run ``fn(block, *args, index)`` on each row chunk; returns the list of results."""
+def _per_chunk(X, weights, fn, *args):
+    """Run ``fn(block, w, *args, index)`` on each row chunk (``w`` its weights or None);
+    returns the list of results."""
     blocks = X.to_delayed().ravel()
-    tasks = [dask.delayed(fn)(b, *args, i) for i, b in enumerate(blocks)]
+    wblocks = [None] * len(blocks) if weights is None else weights.to_delayed().ravel()
+    tasks = [dask.delayed(fn)(b, wb, *args, i) for i, (b, wb) in enumerate(zip(blocks, wblocks))]
     return list(dask.compute(*tasks))
+
+
+def weighted_rows(X, weights, k, rng) -> np.ndarray:
+    """k distinct rows drawn with probability proportional to their weights, one pass."""
+    parts = _per_chunk(X, weights, _gumbel_top_kernel, k, int(rng.integers(2**31)))
+    cand = np.concatenate(parts)
+    cand = cand[np.isfinite(cand[:, 0])]  # rows of weight 0 are never drawn
+    return cand[np.argsort(-cand[:, 0])[:k], 1:]
 
 
 # ------------------------------------------------------------------------------------------
@@ -183,34 +231,39 @@ def _lloyd_local(points, weights, centres, n_iter=100):
     return centres
 
 
-def kmeans_parallel_seeds(X, k, summary: DataSummary, rng) -> np.ndarray:
-    """k-means|| seeding: (k, D) centres from a few oversampling passes over the data."""
+def kmeans_parallel_seeds(X, k, summary: DataSummary, rng, weights=None) -> np.ndarray:
+    """k-means|| seeding: (k, D) centres from a few oversampling passes over the data (with
+    ``weights``: the first centre drawn by weight, oversampling by weight x distance^2)."""
     shift = summary.mean
     seed = int(rng.integers(2**31))
-    first = int(rng.integers(summary.n_samples))
-    centres = np.asarray(X[first : first + 1].compute(), dtype=np.float64)
+    if weights is None:
+        first = int(rng.integers(summary.n_samples))
+        centres = np.asarray(X[first : first + 1].compute(), dtype=np.float64)
+    else:
+        centres = weighted_rows(X, weights, 1, rng)
     oversampling = 2 * k
     for r in range(KMEANS_PARALLEL_ROUNDS):
-        phi = reduce_blocks(X, _cost_kernel, 1, centres, shift)[0]
+        phi = _map(reduce_blocks, X, weights, _cost_kernel, 1, centres, shift)[0]
         if phi <= 0:
             break
-        new = _per_chunk(X, _sample_kernel, centres, shift, oversampling / phi, seed + r)
+        new = _per_chunk(X, weights, _sample_kernel, centres, shift, oversampling / phi, seed + r)
         new = [a for a in new if a.size]
         if new:
             centres = np.concatenate([centres, *new])
-    counts = reduce_blocks(X, _count_kernel, centres.shape[0], centres, shift)
+    counts = _map(reduce_blocks, X, weights, _count_kernel, centres.shape[0], centres, shift)
     if centres.shape[0] <= k:
         return _kmeans_pp_local(centres, np.maximum(counts, 1e-12), k, rng)
     w = np.maximum(counts, 1e-12)
     return _lloyd_local(centres, w, _kmeans_pp_local(centres, w, k, rng))
 
 
-def kmeans_lloyd(X, centres, summary: DataSummary, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL):
-    """Lloyd iterations, one pass each; stops when the squared centre shift <= tol * mean var."""
+def kmeans_lloyd(X, centres, summary: DataSummary, max_iter=KMEANS_MAX_ITER, tol=KMEANS_TOL, weights=None):
+    """Lloyd iterations (weighted means with ``weights``), one pass each; stops when the squared
+    centre shift <= tol * mean var."""
     k, d = centres.shape
     threshold = tol * float(np.mean(summary.var))
     for _ in range(max_iter):
-        vec = reduce_blocks(X, _lloyd_kernel, 1 + k + k * d, centres, summary.mean)
+        vec = _map(reduce_blocks, X, weights, _lloyd_kernel, 1 + k + k * d, centres, summary.mean)
         counts, sums = vec[1 : 1 + k], vec[1 + k :].reshape(k, d)
         step = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], 0.0)
         centres = centres + step
@@ -219,12 +272,16 @@ def kmeans_lloyd(X, centres, summary: DataSummary, max_iter=KMEANS_MAX_ITER, tol
     return centres
 
 
-def sample_rows(X, m, summary: DataSummary, rng) -> np.ndarray:
-    """About ``m`` uniformly sampled rows (all rows when m >= n), float64 on the driver."""
+def sample_rows(X, m, summary: DataSummary, rng, weights=None) -> tuple[np.ndarray, np.ndarray]:
+    """About ``m`` uniformly sampled rows (all rows when m >= n) and their weights (ones
+    without ``weights``; rows of weight 0 left out), float64 on the driver."""
     if m >= summary.n_samples:
-        return np.asarray(X.compute(), dtype=np.float64)
-    parts = _per_chunk(X, _uniform_sample_kernel, m / summary.n_samples, int(rng.integers(2**31)))
-    return np.concatenate(parts)
+        rows = np.asarray(X.compute(), dtype=np.float64)
+        w = np.ones(len(rows)) if weights is None else np.asarray(weights.compute(), dtype=np.float64)
+        return rows[w > 0], w[w > 0]
+    parts = _per_chunk(X, weights, _uniform_sample_kernel, m / summary.n_samples, int(rng.integers(2**31)))
+    both = np.concatenate(parts)
+    return both[:, :-1], both[:, -1]
 
 
 # ------------------------------------------------------------------------------------------
@@ -232,13 +289,19 @@ def sample_rows(X, m, summary: DataSummary, rng) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 
 
-def initial_centres(X, k, init_params, summary: DataSummary, rng) -> np.ndarray:
+def initial_centres(X, k, init_params, summary: DataSummary, rng, weights=None) -> np.ndarray:
     if init_params == "kmeans":
-        return kmeans_lloyd(X, kmeans_parallel_seeds(X, k, summary, rng), summary)
+        seeds = kmeans_parallel_seeds(X, k, summary, rng, weights)
+        return kmeans_lloyd(X, seeds, summary, weights=weights)
     if init_params == "k-means++":
-        pts = sample_rows(X, max(KMEANS_PP_SAMPLE, 0), summary, rng)
-        return _kmeans_pp_local(pts, np.ones(pts.shape[0]), k, rng)
+        pts, w = sample_rows(X, max(KMEANS_PP_SAMPLE, 0), summary, rng, weights)
+        return _kmeans_pp_local(pts, w, k, rng)
     if init_params == "random_from_data":
+        if weights is not None:
+            rows = weighted_rows(X, weights, k, rng)
+            if len(rows) < k:
+                raise DataError(f"init_params='random_from_data' needs {k} rows of positive weight; got {len(rows)}")
+            return rows
         idx = np.sort(rng.choice(summary.n_samples, size=k, replace=False))
         return np.asarray(X[idx].compute(), dtype=np.float64)
     raise ValueError(f"init_params must be one of {', '.join(INIT_PARAMS)}; got {init_params!r}")
@@ -256,8 +319,10 @@ def initialize(
     weights_init=None,
     means_init=None,
     precisions_init=None,
+    weights: da.Array | None = None,
 ) -> MixtureParams:
-    """Initial :class:`MixtureParams` (see the module docstring)."""
+    """Initial :class:`MixtureParams` (see the module docstring); ``weights``: the sample
+    weights (aligned with X's row chunks), which every strategy then uses."""
     k, d = n_components, summary.n_features
     given = weights_init is not None and means_init is not None and precisions_init is not None
     if given:
@@ -265,17 +330,17 @@ def initialize(
     length = vector_length(covariance_type, k, d)
     if init_params == "random" and means_init is None:
         centres = np.repeat(summary.mean[None, :], k, axis=0)
-        vec = reduce_blocks(
-            X, _random_resp_stats_kernel, length, centres, summary.mean, covariance_type, dtype,
-            int(rng.integers(2**31)), pass_block_id=True,
+        vec = _map(
+            reduce_blocks, X, weights, _random_resp_stats_kernel, length, centres, summary.mean, covariance_type,
+            dtype, int(rng.integers(2**31)), pass_block_id=True,
         )
     else:
         if means_init is not None:
             centres = np.asarray(means_init, dtype=np.float64)
         else:
-            centres = initial_centres(X, k, init_params, summary, rng)
-        vec = reduce_blocks(
-            X, _labels_stats_kernel, length, dask.delayed(centres, pure=True), summary.mean,
+            centres = initial_centres(X, k, init_params, summary, rng, weights)
+        vec = _map(
+            reduce_blocks, X, weights, _labels_stats_kernel, length, dask.delayed(centres, pure=True), summary.mean,
             covariance_type, dtype,
         )
     params, floored = SuffStats.from_vector(vec, centres, covariance_type).m_step(

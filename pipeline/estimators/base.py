@@ -24,8 +24,15 @@ from pipeline.engine.em import IterationInfo, run_em, warn_not_converged
 from pipeline.engine.graph import reduce_blocks
 from pipeline.engine.resources import should_cache, single_threaded_blas
 from pipeline.engine.summary import summarize
-from pipeline.estimators.validation import validate_input
-from pipeline.kernels.cpu import criteria_sum_block, labels_block, proba_block, score_block, score_sum_block
+from pipeline.estimators.validation import validate_input, validate_weights
+from pipeline.kernels.cpu import (
+    criteria_sum_block,
+    labels_block,
+    proba_block,
+    score_block,
+    score_sum_block,
+    weighted_criteria_sum_block,
+)
 
 logger = logging.getLogger("pipeline")
 
@@ -55,7 +62,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
     """Base class of the mixture estimators (scikit-learn's ``BaseMixture`` contract).
 
     Subclasses implement ``_check_parameters(n_samples, n_features)``,
-    ``_compute_dtype(X)``, ``_initial_params(X, summary, rng, dtype)``,
+    ``_compute_dtype(X)``, ``_initial_params(X, summary, rng, dtype, weights)``,
     ``_updater(summary)``, ``_set_fitted(result, dtype, out_dtype)`` and ``_plan()`` (the E-step plan of
     the fitted parameters) and keep the fitted parameters in ``self._mixture``.
     """
@@ -92,8 +99,14 @@ class BaseMixture(DensityMixin, BaseEstimator):
         return X.persist() if self.data_cached_ else X
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X, y=None, *, callback=None, resume=None, data_name=None, summary=None):
+    def fit(self, X, y=None, sample_weight=None, *, callback=None, resume=None, data_name=None, summary=None):
         """Fit by EM (``n_init`` restarts, or one continued fit with ``warm_start``).
+
+        sample_weight : optional (n_samples,) non-negative weights (NumPy, or Dask, rechunked
+            to X's row chunks): every statistic, the initialisation (weighted k-means|| and
+            Lloyd, weighted choice of rows) and the log-likelihood are weighted, as if row i
+            were repeated w_i times (exactly so, from a given start, for integer weights); a
+            weight of 0 drops its row.  ``lower_bound_`` is the weighted mean log-likelihood.
 
         callback : called as ``callback(info)`` after every EM iteration with an
             :class:`pipeline.engine.em.IterationInfo` whose ``state`` (a :class:`FitState`) is
@@ -105,14 +118,15 @@ class BaseMixture(DensityMixin, BaseEstimator):
             made that pass (row count, moments, finiteness check); else the fit makes it.
         """
         with single_threaded_blas(), verbose_logging(self.verbose):
-            self._fit(X, callback=callback, resume=resume, data_name=data_name, summary=summary)
+            self._fit(X, callback=callback, resume=resume, data_name=data_name, summary=summary,
+                      sample_weight=sample_weight)
         return self
 
     def fit_predict(self, X, y=None):
         """Fit, then the labels of X (consistent with ``fit(X).predict(X)``)."""
         return self.fit(X).predict(X)
 
-    def _fit(self, X, callback=None, resume=None, data_name=None, summary=None):
+    def _fit(self, X, callback=None, resume=None, data_name=None, summary=None, sample_weight=None):
         t_start = time.perf_counter()
         name = data_name or "X"
         do_init = not (self.warm_start and resume is None and hasattr(self, "converged_"))
@@ -121,7 +135,10 @@ class BaseMixture(DensityMixin, BaseEstimator):
         X, was_dask = self._validate(X, reset=do_init, name=name)
         self._check_parameters(X.shape[0], X.shape[1])
         dtype = self._compute_dtype(X)
+        weights = None if sample_weight is None else validate_weights(sample_weight, X, name)
         X = self._maybe_cache(X, was_dask)
+        if weights is not None and self.data_cached_:
+            weights = weights.persist()
         if summary is None:
             summary = summarize(X, name)
         rng = self._rng()
@@ -137,7 +154,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
                 rng.bit_generator.state = resume.rng_state
                 params0, history = resume.params, resume.history
             elif do_init:
-                params0, history = self._initial_params(X, summary, rng, dtype), []
+                params0, history = self._initial_params(X, summary, rng, dtype, weights), []
             else:
                 params0, history, start_bound = self._mixture, [], self.lower_bound_
             state.init, state.rng_state = init, rng.bit_generator.state
@@ -147,7 +164,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
                 result = run_em(
                     X, params0, tol=self.tol, max_iter=self.max_iter, dtype=dtype, scale=summary.scale,
                     history=history, name=name, callback=self._make_callback(callback, state),
-                    updater=updater, lower_bound=start_bound,
+                    updater=updater, lower_bound=start_bound, weights=weights,
                 )
                 self._log_init_end(result, time.perf_counter() - t_init)
             state.init_history.append(result.history)
@@ -238,15 +255,24 @@ class BaseMixture(DensityMixin, BaseEstimator):
         total, n = reduce_blocks(Xd, score_sum_block, 2, dask.delayed(plan, pure=True))
         return float(total), int(n)
 
-    def _criteria_sums(self, X):
-        """(sum of log p(x), n_samples, sum of log max_k r_k(x)) in one pass."""
+    def _criteria_sums(self, X, sample_weight=None):
+        """(sum of log p(x), n_samples, sum of log max_k r_k(x)) in one pass; with
+        ``sample_weight`` weighted sums, n_samples the total weight."""
         plan = self._fitted_plan()
         Xd, _ = self._validate(X, reset=False)
-        total, n, top = reduce_blocks(Xd, criteria_sum_block, 3, dask.delayed(plan, pure=True))
-        return float(total), int(n), float(top)
+        if sample_weight is None:
+            total, n, top = reduce_blocks(Xd, criteria_sum_block, 3, dask.delayed(plan, pure=True))
+            return float(total), int(n), float(top)
+        w = validate_weights(sample_weight, Xd)
+        total, n, top = reduce_blocks((Xd, w), weighted_criteria_sum_block, 3, dask.delayed(plan, pure=True))
+        return float(total), float(n), float(top)
 
-    def score(self, X, y=None):
-        """Mean log-likelihood of X (a float), one pass over the data."""
+    def score(self, X, y=None, sample_weight=None):
+        """Mean log-likelihood of X (a float), one pass over the data; with
+        ``sample_weight`` the weighted mean ``sum w log p(x) / sum w``."""
+        if sample_weight is not None:
+            total, n, _ = self._criteria_sums(X, sample_weight)
+            return total / n
         total, n = self._score_sum(X)
         return total / n
 

@@ -190,11 +190,12 @@ class GaussianMixture(BaseMixture):
         return "float32" if X.dtype == np.float32 else "float64"
 
     # ------------------------------------------------------------------ the model
-    def _initial_params(self, X, summary, rng, dtype):
+    def _initial_params(self, X, summary, rng, dtype, weights=None):
         return initialize(
             X, summary, self.n_components, self.covariance_type, self.init_params, rng,
             self.reg_covar, dtype, self.weights_init, self.means_init,
             None if self.precisions_init is None else self._precisions_init(self.n_components, X.shape[1]),
+            weights=weights,
         )
 
     def _updater(self, summary):
@@ -224,15 +225,20 @@ class GaussianMixture(BaseMixture):
         return self._params().plan(self._fit_dtype_ if hasattr(self, "_fit_dtype_") else "float64")
 
     # ------------------------------------------------------------------ model selection
-    def information_criteria(self, X) -> dict:
+    def information_criteria(self, X, sample_weight=None) -> dict:
         """One pass: mean log-likelihood ``loglik``, ``n_samples``, ``n_parameters``, ``bic``,
-        ``aic`` and ``icl`` of X (all three lower is better; see :meth:`icl`)."""
-        total, n, top = self._criteria_sums(X)
+        ``aic`` and ``icl`` of X (all three lower is better; see :meth:`icl`).
+
+        With ``sample_weight`` every sum is weighted and ``n_samples`` (the n of BIC's
+        ``p log n``) is the total weight, as for the data with row i repeated w_i times: use
+        frequency weights (counts) for BIC, or rescale them so that they sum to the number of
+        independent observations."""
+        total, n, top = self._criteria_sums(X, sample_weight)
         loglik, p = total / n, self._params().n_parameters()
         bic = -2 * loglik * n + p * np.log(n)
         return {
             "loglik": loglik,
-            "n_samples": int(n),
+            "n_samples": n,
             "n_parameters": p,
             "bic": bic,
             "aic": -2 * loglik * n + 2 * p,
@@ -242,22 +248,22 @@ class GaussianMixture(BaseMixture):
     def _n_parameters(self):
         return self._params().n_parameters()
 
-    def bic(self, X):
+    def bic(self, X, sample_weight=None):
         """Bayesian information criterion of X: ``-2 log L + p log n`` (lower is better;
         R's mclust reports ``-bic``, higher is better there).  ``p`` counts the free
         parameters: covariances (by model, as mclust's ``nVarParams``), means and weights."""
-        return self.information_criteria(X)["bic"]
+        return self.information_criteria(X, sample_weight)["bic"]
 
-    def aic(self, X):
+    def aic(self, X, sample_weight=None):
         """Akaike information criterion of X: ``-2 log L + 2 p`` (lower is better)."""
-        return self.information_criteria(X)["aic"]
+        return self.information_criteria(X, sample_weight)["aic"]
 
-    def icl(self, X):
+    def icl(self, X, sample_weight=None):
         """Integrated complete-data likelihood criterion of X (Biernacki, Celeux & Govaert
         2000): ``bic(X) - 2 sum_i log max_k r_ik``, BIC plus the entropy of the hard
         classification, so it favours well-separated components.  Lower is better, as
         :meth:`bic`; R's mclust's ``icl()`` is ``-icl`` (higher is better there).  One pass."""
-        return self.information_criteria(X)["icl"]
+        return self.information_criteria(X, sample_weight)["icl"]
 
     def sample(self, n_samples=1, random_state=None):
         """Draw ``n_samples`` points: returns (X (n, D), y (n,)) NumPy arrays."""

@@ -117,3 +117,39 @@ def check_array(X, name="X", n_features=None, chunk_rows="auto", wrap=True) -> t
 def math_isnan(v) -> bool:
     return isinstance(v, float) and v != v
 
+
+
+def _weight_problems(block):
+    w = np.asarray(block, dtype=np.float64)
+    return np.array([np.count_nonzero(w < 0), np.count_nonzero(np.isnan(w)), np.count_nonzero(np.isinf(w)), w[np.isfinite(w)].sum()])
+
+
+def validate_weights(sample_weight, X: da.Array, name: str = "X") -> da.Array:
+    """``sample_weight`` as a float64 Dask array (n,) with X's row chunks (NumPy input is
+    chunked, Dask input rechunked to them), checked in one pass over the weights: a length
+    other than X's, negative, NaN or inf weights (named with their row chunk and rows) and a
+    total of zero are :class:`DataError`.  A weight of zero drops its row."""
+    from pipeline.engine.graph import per_block
+
+    n = X.shape[0]
+    w = sample_weight if _is_dask(sample_weight) else np.asarray(sample_weight)
+    if w.ndim != 1 or w.shape[0] != n:
+        raise DataError(f"sample_weight must have shape ({n},), one weight per row of {name}; got shape {tuple(w.shape)}")
+    if not np.issubdtype(w.dtype, np.number) or np.issubdtype(w.dtype, np.complexfloating):
+        raise DataError(f"sample_weight must be real numbers; got dtype {w.dtype}")
+    wd = (w if _is_dask(w) else da.from_array(w, chunks=(X.chunks[0],))).astype(np.float64)
+    if wd.chunks[0] != X.chunks[0]:
+        wd = wd.rechunk((X.chunks[0],))
+    checks = per_block(wd[:, None], _weight_problems, 4)
+    starts = np.concatenate([[0], np.cumsum(X.chunks[0])])
+    for what, col in (("negative", 0), ("NaN", 1), ("inf", 2)):
+        bad = np.nonzero(checks[:, col])[0]
+        if bad.size:
+            i = int(bad[0])
+            raise DataError(
+                f"sample_weight has {int(checks[:, col].sum())} {what} values, first in row chunk {i} "
+                f"(rows {starts[i]}-{starts[i + 1] - 1}): weights must be finite and >= 0"
+            )
+    if checks[:, 3].sum() <= 0:
+        raise DataError("sample_weight sums to 0 (every weight is zero): at least one row needs a positive weight")
+    return wd

@@ -245,25 +245,36 @@ def chunk_stats(x, plan: EStepPlan, centres, covariance_type, weights=None) -> "
             _accumulate(st, xc, resp * wb[:, None], plan.shift, n_rows=float(wb.sum()))
     return st
 
-def labels_stats(x, labels, centres, covariance_type, shift, dtype="float64") -> "SuffStats":
-    """Statistics of a hard assignment (one-hot responsibilities), e.g. from k-means."""
+def labels_stats(x, labels, centres, covariance_type, shift, dtype="float64", weights=None) -> "SuffStats":
+    """Statistics of a hard assignment (one-hot responsibilities), e.g. from k-means
+    (weighted by ``weights`` (n,) when given)."""
     st = SuffStats.zeros(centres, covariance_type)
     k = st.s0.shape[0]
     start = 0
     for xc in shifted_blocks(x, shift, dtype):
         lab = labels[start : start + xc.shape[0]]
-        start += xc.shape[0]
         resp = np.zeros((xc.shape[0], k))
-        resp[np.arange(xc.shape[0]), lab] = 1.0
-        _accumulate(st, xc, resp, shift)
+        if weights is None:
+            resp[np.arange(xc.shape[0]), lab] = 1.0
+            _accumulate(st, xc, resp, shift)
+        else:
+            wb = weights[start : start + xc.shape[0]]
+            resp[np.arange(xc.shape[0]), lab] = wb
+            _accumulate(st, xc, resp, shift, n_rows=float(wb.sum()))
+        start += xc.shape[0]
     return st
 
-def resp_stats(x, resp, centres, covariance_type, shift, dtype="float64") -> "SuffStats":
-    """Statistics of given responsibilities ``resp`` (n, K)."""
+def resp_stats(x, resp, centres, covariance_type, shift, dtype="float64", weights=None) -> "SuffStats":
+    """Statistics of given responsibilities ``resp`` (n, K) (weighted by ``weights`` (n,))."""
     st = SuffStats.zeros(centres, covariance_type)
     start = 0
     for xc in shifted_blocks(x, shift, dtype):
-        _accumulate(st, xc, np.asarray(resp[start : start + xc.shape[0]], dtype=np.float64), shift)
+        r = np.asarray(resp[start : start + xc.shape[0]], dtype=np.float64)
+        if weights is None:
+            _accumulate(st, xc, r, shift)
+        else:
+            wb = weights[start : start + xc.shape[0]]
+            _accumulate(st, xc, r * wb[:, None], shift, n_rows=float(wb.sum()))
         start += xc.shape[0]
     return st
 
@@ -429,10 +440,24 @@ def score_sum_block(x, plan):
 def criteria_sum_block(x, plan):
     """[sum log p(x), n rows, sum log max_k r_k(x)]: the log-likelihood and the
     classification term of ICL in one pass."""
-    total, top = 0.0, 0.0
+    return weighted_criteria_sum_block(x, None, plan)
+
+
+def weighted_criteria_sum_block(x, weights, plan):
+    """:func:`criteria_sum_block` with each row weighted (``weights`` (n,) or None); the
+    second entry is then the total weight."""
+    w = None if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+    total, top, start = 0.0, 0.0, 0
     for lpx, lr in iter_log_resp(x, plan):
-        total += float(lpx.sum())
-        top += float(lr.max(axis=1).sum()) if lr.shape[0] else 0.0
-    return np.array([total, x.shape[0], top])
+        best = lr.max(axis=1) if lr.shape[0] else np.zeros(0)
+        if w is None:
+            total += float(lpx.sum())
+            top += float(best.sum())
+        else:
+            wb = w[start : start + lpx.shape[0]]
+            total += float(np.dot(wb, lpx))
+            top += float(np.dot(wb, best))
+        start += lpx.shape[0]
+    return np.array([total, x.shape[0] if w is None else float(w.sum()), top])
 
 
