@@ -77,3 +77,18 @@ def test_reductions_over_chunks_held_by_the_workers(client):
         total = reduce_blocks(A, _rows_and_sum, 4)
         np.testing.assert_allclose(total, np.concatenate([[rows.shape[0]], rows.sum(axis=0)]))
     np.testing.assert_array_equal(per_block(Xo, _rows_and_sum, 4)[:, 0], [25] * 8)
+
+
+def test_weighted_fit_on_worker_processes_equals_the_threaded_one(client):
+    X, _ = blobs(1500, seed=23)
+    w = np.random.default_rng(3).uniform(0.0, 3.0, size=len(X))
+    Xd, wd = da.from_array(X, chunks=(600, 3)), da.from_array(w, chunks=400)  # weights rechunked
+    kw = dict(n_components=3, random_state=0, tol=1e-9, max_iter=40)
+    before = sum(client.run(_transitions).values())
+    dist = GaussianMixture(**kw).fit(Xd, sample_weight=wd)
+    assert sum(client.run(_transitions).values()) - before > 100  # the workers did it
+    with dask.config.set(scheduler="threads"):
+        local = GaussianMixture(**kw).fit(Xd, sample_weight=w)
+    np.testing.assert_allclose(dist.history_, local.history_, rtol=1e-12)
+    np.testing.assert_allclose(dist.means_, local.means_, rtol=1e-12)
+    assert dist.score(Xd, sample_weight=wd) == pytest.approx(local.score(X, sample_weight=w), rel=1e-12)
