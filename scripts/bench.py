@@ -239,7 +239,8 @@ def measure_gemm(d: int, rounds: int = 5, round_seconds: float = 0.2) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def fit_ours(X, k, covariance_type, init, dtype, iters, blas_threads=1, cache="auto", score_X=None) -> dict:
+def fit_ours(X, k, covariance_type, init, dtype, iters, blas_threads=1, cache="auto", score_X=None,
+             sample_weight=None) -> dict:
     """Fit gmm-pipeline's GaussianMixture for exactly ``iters`` iterations; time per iteration.
 
     X : a Dask array (already persisted or Zarr-backed) or a NumPy array.  ``blas_threads``:
@@ -261,7 +262,7 @@ def fit_ours(X, k, covariance_type, init, dtype, iters, blas_threads=1, cache="a
     with limit, warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         t0 = time.perf_counter()
-        model.fit(X, callback=record)
+        model.fit(X, callback=record, sample_weight=sample_weight)
         total = time.perf_counter() - t0
         final_ll = model.score(score_X) if score_X is not None else None
     return {
@@ -541,6 +542,8 @@ def parse_args(argv=None):
                    help="skip the threaded run with BLAS at its default thread count (oversubscribed, slow)")
     p.add_argument("--skip-models", action="store_true",
                    help="skip the table of the 14 mclust covariance models (s/iteration and the M step's share)")
+    p.add_argument("--skip-weights", action="store_true",
+                   help="skip the weighted-against-unweighted comparison (full, float64)")
     p.add_argument("--scaling", action="store_true", help="also run the scaling tables in N and K")
     p.add_argument("--scaling-n", type=int, nargs="+", default=None,
                    help="N values (default 100000 1000000 10000000; 25000 50000 100000 with --quick)")
@@ -801,6 +804,8 @@ def run_sections(args, out: dict, cluster, X_all, X64, init, flops, gemm: dict) 
     out["diag_spherical"] = diag_spherical(args, X64, k, iters, gemm)
     if not args.skip_models:
         out["mclust_models"] = mclust_models(args, X64, k, iters)
+    if not args.skip_weights:
+        out["weights"] = weighted_against_unweighted(args, X64, k, iters)
 
 
 def finish(args, out: dict, mi: dict, t_start: float) -> None:
@@ -981,6 +986,31 @@ def mclust_models(args, X64, k, iters) -> list:
                  "M step % of iter"], table,
                 ["M step: the driver's time from the reduced statistics to the new parameters "
                  "(IterationInfo.m_step_seconds), included in s/iter; max is usually the first, cold, M step"])
+    return res
+
+
+def weighted_against_unweighted(args, X64, k, iters, rounds=3) -> dict:
+    """s/iteration of a fit with sample weights against the same fit without (full, float64,
+    data and weights in memory, threaded, BLAS 1 thread), alternating ``rounds`` pairs."""
+    n, d = X64.shape
+    Xmem = dask_persisted(X64, args.chunk_rows)
+    w = da.from_array(np.random.default_rng(SEED).uniform(0.5, 2.0, size=n), chunks=(Xmem.chunks[0],)).persist()
+    init = initial_params(X64, k, "full")
+    plain, weighted = [], []
+    for r in range(rounds):
+        for label, sw, into in (("unweighted", None, plain), ("weighted", w, weighted)):
+            log(f"weights round {r + 1}: {label}")
+            with dask.config.set(scheduler="threads"):
+                into.append(fit_ours(Xmem, k, "full", init, "float64", iters, blas_threads=1, sample_weight=sw)["s_iter"])
+    res = {"unweighted_s_iter": statistics.median(plain), "weighted_s_iter": statistics.median(weighted),
+           "rounds": rounds, "unweighted_all": plain, "weighted_all": weighted}
+    res["ratio"] = res["weighted_s_iter"] / res["unweighted_s_iter"]
+    print_table(f"sample weights (N={n:,} D={d} K={k}, full, float64, memory, threaded, BLAS 1 thread, "
+                f"median of {rounds} alternating rounds)",
+                ["fit", "s/iter", "ratio"],
+                [["unweighted", fmt(res["unweighted_s_iter"], ".4f"), "1"],
+                 ["weighted", fmt(res["weighted_s_iter"], ".4f"), fmt(res["ratio"], ".3f")]],
+                ["target: weighted within 10% of unweighted"])
     return res
 
 
