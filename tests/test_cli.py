@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -310,3 +311,34 @@ def test_resume_keeps_failed_candidates_without_refitting_them(tmp_path, client)
     by_name = {c["name"]: c for c in result.report["candidates"]}
     assert by_name["k3-VVV"]["status"] == "failed" and "increase reg_covar" in by_name["k3-VVV"]["reason"]
     assert result.report["selected"]["name"] == "k3-EEE"
+
+
+def test_data_weights_in_the_group_or_their_own_store_weigh_the_run(tmp_path, client):
+    from pipeline.data.zarr_io import write_array_zarr
+
+    config, cfg = small_config(tmp_path)
+    cfg["model"].update(n_components=[2, 3], max_iter=30, dtype="float64")
+    X = open_dataset(run(config_from_dict(cfg), client=client).out_dir.parent / "data.zarr")  # generated
+    w = np.random.default_rng(0).integers(0, 3, size=X.shape[0]).astype(np.float64)
+    zarr.open_group(cfg["data"]["path"], mode="r+").create_array("w", data=w, chunks=(3000,))
+    write_array_zarr(w, tmp_path / "w.zarr")
+    expected = GaussianMixture(3, random_state=0, max_iter=30, tol=cfg["model"]["tol"], reg_covar=cfg["model"]["reg_covar"],
+                               dtype="float64").fit(X, sample_weight=w)
+    for i, weights in enumerate(("w", {"path": str(tmp_path / "w.zarr")})):
+        cfg["data"]["weights"] = weights
+        cfg["output"]["dir"] = str(tmp_path / f"weighted{i}")
+        result = run(config_from_dict(cfg), client=client)
+        sel = result.report["selected"]
+        assert sel["n_components"] == 3
+        np.testing.assert_allclose(result.model.means_, expected.means_, rtol=1e-10)
+        assert sel["loglik"] == pytest.approx(expected.score(X, sample_weight=w), rel=1e-12)
+        assert sel["bic"] == pytest.approx(expected.bic(X, sample_weight=w), rel=1e-12)
+        assert result.report["config"]["data"]["weights"]["array"] == ("w" if i == 0 else None)
+    for weights, message in (("v", "data.weights: .* has no array 'v'"),
+                             ({"path": str(tmp_path / "nowhere.zarr")}, "does not exist")):
+        cfg["data"]["weights"] = weights
+        cfg["output"]["dir"] = str(tmp_path / "bad")
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        r = gmm("run", path)
+        assert r.returncode != 0 and re.search(message, r.stderr) and "Traceback" not in r.stderr, r.stderr

@@ -70,6 +70,7 @@ __all__ = [
     "ClusterConfig",
     "DataConfig",
     "GenerateConfig",
+    "WeightsConfig",
     "ModelConfig",
     "OutputConfig",
     "RunConfig",
@@ -102,6 +103,16 @@ class GenerateConfig:
 
 
 @dataclass(frozen=True)
+class WeightsConfig:
+    """Per-row sample weights: the 1-D array ``array`` in the data's Zarr group (``path``
+    None), or in its own Zarr store at ``path`` (``array`` None: the store is the array, or
+    its group's only 1-D array)."""
+
+    path: str | None = None
+    array: str | None = None
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where the data is and how to read it.
 
@@ -113,6 +124,7 @@ class DataConfig:
     chunk_rows: int | str | None = CHUNK_ROWS_DEFAULT
     cache: str = "auto"
     generate: GenerateConfig | None = None
+    weights: WeightsConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -520,6 +532,22 @@ def _memory(v, key, ctx):
         )
 
 
+def _optional_path(v, key, ctx):
+    return None if v is None else _path(v, key, ctx)
+
+
+def _weights(v, key, ctx):
+    """``data.weights``: an array name in the data's group, or {path: ..., array: ...}."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return WeightsConfig(None, _string()(v, key, ctx))
+    w = _section(WeightsConfig, {"path": _optional_path, "array": _string(nullable=True)}, v, key, ctx)
+    if w.path is None and w.array is None:
+        ctx.fail(key, v, "an array name in the data's group, or {path: store, array: name}", "names no array")
+    return w
+
+
 def _generate(v, key, ctx):
     if v is None:
         return None
@@ -545,6 +573,7 @@ _SCHEMAS: dict[str, tuple[type, dict]] = {
             "chunk_rows": _int(1, nullable=True, words=CHUNK_ROWS_WORDS),
             "cache": _choice(CACHE_MODES, nullable_as="none"),
             "generate": _generate,
+            "weights": _weights,
         },
     ),
     "model": (

@@ -32,7 +32,7 @@ import numpy as np
 from pipeline.batch import cluster as cluster_mod
 from pipeline.batch.plots import write_plots
 from pipeline.batch.report import build_report, write_report
-from pipeline.data.zarr_io import dataset_from_config
+from pipeline.data.zarr_io import dataset_from_config, weights_from_config
 from pipeline.engine.resources import should_cache, single_threaded_blas
 from pipeline.engine.summary import summarize
 from pipeline.estimators.gaussian_mixture import GaussianMixture
@@ -166,6 +166,7 @@ class RunContext:
     t0: float
     timings: dict = field(default_factory=dict)
     fingerprints: dict = field(default_factory=dict)
+    weights: object = None  # data.weights as a Dask array, or None
 
 
 @dataclass
@@ -185,6 +186,7 @@ def _run_locked(cfg, resume, client, t0) -> RunResult:
     out, stage = check_output_dir(cfg, resume)
     ctx = RunContext(cfg, out, stage, t0)
     X = _open_data(ctx)
+    ctx.weights = weights_from_config(cfg.data, X.shape[0])
     if client is not None:
         return _run_with_client(ctx, X, resume, client)
     t = time.perf_counter()
@@ -290,7 +292,8 @@ def _fit_candidate(ctx: RunContext, X, summary, resumed: ResumeState, k: int, ct
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            est.fit(X, callback=callback, resume=resumed.start_for(name), data_name=ctx.cfg.data.path, summary=summary)
+            est.fit(X, callback=callback, resume=resumed.start_for(name), data_name=ctx.cfg.data.path, summary=summary,
+                sample_weight=ctx.weights)
     except CovarianceError as exc:  # a degenerate fit: recorded (mclust's NA), selection goes on
         entry = _failed_entry(name, k, ct, str(exc), seconds=time.perf_counter() - t)
         resumed.done[name] = entry
@@ -298,7 +301,7 @@ def _fit_candidate(ctx: RunContext, X, summary, resumed: ResumeState, k: int, ct
         return {**entry, "model": None}
     for w in caught:
         logger.info(f"warning: {w.message}")
-    entry = _candidate_entry(name, k, ct, est, X, seconds=time.perf_counter() - t)
+    entry = _candidate_entry(name, k, ct, est, X, seconds=time.perf_counter() - t, weights=ctx.weights)
     est.save(path)
     resumed.done[name] = entry
     logger.info(f"candidate {name}: log-likelihood {entry['loglik']:.6f}, BIC {entry['bic']:.6g}, ICL {entry['icl']:.6g}, "
@@ -306,9 +309,10 @@ def _fit_candidate(ctx: RunContext, X, summary, resumed: ResumeState, k: int, ct
     return {**entry, "model": est}
 
 
-def _candidate_entry(name: str, k: int, ct: str, est: GaussianMixture, X, seconds: float) -> dict:
-    """A fitted candidate's line in the report (and in the checkpoint's list of done ones)."""
-    ic = est.information_criteria(X)
+def _candidate_entry(name: str, k: int, ct: str, est: GaussianMixture, X, seconds: float, weights=None) -> dict:
+    """A fitted candidate's line in the report (and in the checkpoint's list of done ones);
+    with sample weights the criteria are weighted (BIC's n the total weight)."""
+    ic = est.information_criteria(X, sample_weight=weights)
     return {
         "name": name,
         "n_components": k,

@@ -122,6 +122,40 @@ def dataset_from_config(data: Any) -> da.Array:
     return open_dataset(data.path, array=data.array, chunk_rows=data.chunk_rows)
 
 
+def weights_from_config(data: Any, n_rows: int) -> da.Array | None:
+    """The sample weights of ``data.weights`` (a :class:`pipeline.batch.config.DataConfig`)
+    as a lazy 1-D Dask array, or None.  DataError (naming ``data.weights`` and the store) if
+    the array is missing, not 1-D, not numeric or not one weight per row; the values are
+    checked by the fit (:func:`pipeline.estimators.validation.validate_weights`)."""
+    w = data.weights
+    if w is None:
+        return None
+    where, node = _open_node(data.path if w.path is None else w.path)
+    if isinstance(node, zarr.Group):
+        arrays = {n: a for n, a in node.arrays()}
+        one_d = [n for n, a in arrays.items() if a.ndim == 1]
+        name = w.array if w.array is not None else (one_d[0] if len(one_d) == 1 else None)
+        if name is None or name not in arrays:
+            listing = ", ".join(f"'{n}' {a.shape} {a.dtype}" for n, a in sorted(arrays.items())) or "none"
+            raise DataError(
+                f"data.weights: {where} has no array {name or ''!r} of weights"
+                f"{'' if w.array else ' (and not exactly one 1-D array)'}; its arrays are: {listing}"
+            )
+        z, label = node[name], f"data.weights: {where} (array '{name}')"
+    elif w.path is None:
+        raise DataError(
+            f"data.weights: {w.array!r} names an array in the data's group, but {where} is a single "
+            "array; give data.weights: {path: <store>, array: <name>}"
+        )
+    else:
+        name, z, label = None, node, f"data.weights: {where}"
+    if z.ndim != 1 or np.dtype(z.dtype).kind not in _NUMERIC_KINDS:
+        raise DataError(f"{label}: expected a 1-D numeric array of one weight per row, got shape {z.shape} {z.dtype}")
+    if z.shape[0] != n_rows:
+        raise DataError(f"{label}: {z.shape[0]} weights for {n_rows} rows of {data.path}")
+    return da.from_zarr(where, component=name)
+
+
 def _pick_array(group: zarr.Group, array: str | None, where: str) -> str:
     arrays = {name: a for name, a in group.arrays()}
     listing = ", ".join(f"'{n}' {a.shape} {a.dtype}" for n, a in sorted(arrays.items()))
