@@ -342,3 +342,38 @@ def test_data_weights_in_the_group_or_their_own_store_weigh_the_run(tmp_path, cl
         path.write_text(yaml.safe_dump(cfg))
         r = gmm("run", path)
         assert r.returncode != 0 and re.search(message, r.stderr) and "Traceback" not in r.stderr, r.stderr
+
+
+def test_resume_refuses_other_weights(tmp_path, client):
+    import pipeline.batch.runner as run_mod
+    from pipeline.exceptions import CheckpointError
+
+    config, cfg = small_config(tmp_path)
+    cfg["model"].update(max_iter=3)
+    run(config_from_dict(cfg), client=client)  # generates the data
+    group = zarr.open_group(cfg["data"]["path"], mode="r+")
+    group.create_array("w", data=np.ones(group["X"].shape[0]), chunks=(5000,))
+    cfg["data"]["weights"] = "w"
+    cfg["output"]["dir"] = str(tmp_path / "weighted")
+
+    class Stop(Exception):
+        pass
+
+    def boom(*a, **k):
+        raise Stop
+
+    original = run_mod._write_point_outputs
+    try:
+        run_mod._write_point_outputs = boom
+        with pytest.raises(Stop):
+            run(config_from_dict(cfg), client=client)
+    finally:
+        run_mod._write_point_outputs = original
+    group["w"][7] = 2.0
+    with pytest.raises(CheckpointError, match="sha256_weight_moments"):
+        run(config_from_dict(cfg), resume=True, client=client)
+    group["w"][7] = 1.0
+    resumed = run(config_from_dict(cfg), resume=True, client=client).report["selected"]
+    cfg["output"]["dir"] = str(tmp_path / "uninterrupted")
+    fresh = run(config_from_dict(cfg), client=client).report["selected"]
+    assert (resumed["n_iter"], resumed["loglik"]) == (fresh["n_iter"], fresh["loglik"])

@@ -15,6 +15,7 @@ Nothing is lost:
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from pipeline.batch import cluster as cluster_mod
 from pipeline.batch.plots import write_plots
 from pipeline.batch.report import build_report, write_report
 from pipeline.data.zarr_io import dataset_from_config, weights_from_config
+from pipeline.engine.graph import per_block
 from pipeline.engine.resources import should_cache, single_threaded_blas
 from pipeline.engine.summary import summarize
 from pipeline.estimators.gaussian_mixture import GaussianMixture
@@ -75,15 +77,26 @@ def config_fingerprint(cfg) -> dict:
     return {k: v for k, v in d.items() if k not in _RESUME_IGNORES}
 
 
-def data_fingerprint(X: da.Array, summary) -> dict:
+def data_fingerprint(X: da.Array, summary, weights=None) -> dict:
     """Shape, dtype, row chunks and a hash of every chunk's count, mean and sum of squares
-    (from the summary pass the fit needs anyway): a change anywhere in the data shows."""
-    return {
+    (from the summary pass the fit needs anyway): a change anywhere in the data shows.  With
+    sample weights also a hash of every weights chunk's sum and sum of squares (one pass over
+    the weights), so that resuming with other weights is refused too."""
+    out = {
         "shape": list(X.shape),
         "dtype": str(X.dtype),
         "row_chunks": [int(c) for c in X.chunks[0]][:3] + [len(X.chunks[0])],
         "sha256_chunk_moments": summary.fingerprint(),
     }
+    if weights is not None:
+        sums = per_block(weights.astype(np.float64)[:, None], _weight_moments, 2)
+        out["sha256_weight_moments"] = hashlib.sha256(np.ascontiguousarray(sums).tobytes()).hexdigest()
+    return out
+
+
+def _weight_moments(block):
+    w = np.asarray(block, dtype=np.float64)
+    return np.array([w.sum(), (w * w).sum()])
 
 
 def _differences(a, b, prefix="") -> list[str]:
@@ -213,7 +226,7 @@ def _run_with_client(ctx: RunContext, X, resume: bool, client) -> RunResult:
     _log_cluster(ctx.cfg, client)
     with single_threaded_blas():
         summary = summarize(X, ctx.cfg.data.path)  # one pass: moments, NaN/inf check, fingerprint
-    ctx.fingerprints = {"config": config_fingerprint(ctx.cfg), "data": data_fingerprint(X, summary)}
+    ctx.fingerprints = {"config": config_fingerprint(ctx.cfg), "data": data_fingerprint(X, summary, ctx.weights)}
     resumed = _prepare_stage(ctx, resume)
     if should_cache(X, ctx.cfg.data.cache):
         X = X.persist()  # once for all candidates (each fit's own persist then finds it in memory)
