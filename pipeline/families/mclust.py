@@ -128,8 +128,31 @@ class IterativeMixin:
     #: at most this many inner iterations per M step
     inner_max_iter: int = 100
 
-    def _cap_reached(self, change: float) -> None:
-        """Hook for the cap (nothing to do: see the class docstring)."""
+    def _volumes_and_shape(self, values, s0, shape):
+        """VEI's and VEV's iteration on per-component values (K, D) (diag W_k, or the
+        decreasing eigenvalues of W_k), from the shape ``shape`` (D,): alternate
+        ``lambda_k = sum_j v_kj / a_j / (d N_k)`` and ``a = M / |M|^(1/d)``,
+        ``M = sum_k v_k / lambda_k``; returns (lambda (K,), a (D,))."""
+        d = values.shape[1]
+        n = s0.sum()
+        old = np.inf
+        for _ in range(self.inner_max_iter):
+            lam = (values / shape).sum(axis=1) / (d * s0)
+            _require(lam > 0)
+            m = (values / lam[:, None]).sum(axis=0)
+            _require(m > 0)
+            shape = _unit_det(m)
+            obj = (d * np.dot(s0, np.log(lam)) + np.sum(values / (lam[:, None] * shape))) / n
+            if abs(old - obj) <= self.inner_tol:
+                break
+            old = obj
+        return (values / shape).sum(axis=1) / (d * s0), shape
+
+    @staticmethod
+    def _shared_shape(values):
+        """The shape all rows of positive ``values`` (K, D) share best: the geometric mean of
+        their unit-determinant forms (exact when they do share one)."""
+        return np.exp(np.mean(np.log(_unit_det(values)), axis=0))
 
 
 # ------------------------------------------------------------------------------ scalar
@@ -192,26 +215,11 @@ class VEI(IterativeMixin, Diag):
 
     def m_step(self, s0, s1, s2, reg_covar, previous=None):
         b = diagonal_scatter(s0, s1, s2, reg_covar)  # a zero in one component is fine: A is shared
-        k, d = b.shape
-        n = s0.sum()
         if _usable(previous, b.shape) and np.all(previous > 0):
-            a = np.exp(np.mean(np.log(_unit_det(previous)), axis=0))  # shared shape, |A| = 1
+            a = self._shared_shape(previous)
         else:
-            a = np.ones(d)
-        old, change = np.inf, np.inf
-        for _ in range(self.inner_max_iter):
-            lam = (b / a).sum(axis=1) / (d * s0)
-            _require(lam > 0)
-            m = (b / lam[:, None]).sum(axis=0)
-            _require(m > 0)
-            a = _unit_det(m)
-            obj = (d * np.dot(s0, np.log(lam)) + np.sum(b / (lam[:, None] * a))) / n
-            change, old = abs(old - obj), obj
-            if change <= self.inner_tol:
-                break
-        else:
-            self._cap_reached(change)
-        lam = (b / a).sum(axis=1) / (d * s0)
+            a = np.ones(b.shape[1])
+        lam, a = self._volumes_and_shape(b, s0, a)
         return lam[:, None] * a[None, :]
 
 
@@ -267,29 +275,14 @@ class VEV(IterativeMixin, Full):
     def m_step(self, s0, s1, s2, reg_covar, previous=None):
         w = outer_scatter(s0, s1, s2, reg_covar)
         omega, vecs = _eigh_decreasing(w)
-        k, d = omega.shape
-        n = s0.sum()
-        prev_vals = None
-        if _usable(previous, w.shape):
-            prev_vals = np.linalg.eigvalsh(previous)[:, ::-1]
+        prev_vals = np.linalg.eigvalsh(previous)[:, ::-1] if _usable(previous, w.shape) else None
         if prev_vals is not None and np.all(prev_vals > 0):
-            a = np.exp(np.mean(np.log(_unit_det(prev_vals)), axis=0))
+            a = self._shared_shape(prev_vals)
         else:
             total = omega.sum(axis=0)
             _require(total > 0)
             a = _unit_det(total)
-        old, change = np.inf, np.inf
-        for _ in range(self.inner_max_iter):
-            lam = (omega / a).sum(axis=1) / (d * s0)
-            _require(lam > 0)
-            a = _unit_det((omega / lam[:, None]).sum(axis=0))
-            obj = (d * np.dot(s0, np.log(lam)) + np.sum(omega / (lam[:, None] * a))) / n
-            change, old = abs(old - obj), obj
-            if change <= self.inner_tol:
-                break
-        else:
-            self._cap_reached(change)
-        lam = (omega / a).sum(axis=1) / (d * s0)
+        lam, a = self._volumes_and_shape(omega, s0, a)
         return _compose(vecs, lam[:, None] * a[None, :])
 
 
@@ -316,18 +309,16 @@ class VEE(IterativeMixin, Full):
             if np.all(sign > 0):
                 lam = np.exp(logdet / d)
         stacked = np.ascontiguousarray(w.transpose(1, 0, 2).reshape(d, k * d))  # [W_1 ... W_K]
-        old, change = np.inf, np.inf
+        old = np.inf
         for _ in range(self.inner_max_iter):
             c = self._unit_matrix(np.tensordot(1.0 / lam, w, axes=1))
             t = self._traces(c, stacked, k, d)
             lam = t / (d * s0)
             _require(lam > 0)
             obj = d * np.dot(s0, np.log(lam)) / n + d
-            change, old = abs(old - obj), obj
-            if change <= self.inner_tol:
+            if abs(old - obj) <= self.inner_tol:
                 break
-        else:
-            self._cap_reached(change)
+            old = obj
         return lam[:, None, None] * c[None]
 
     @staticmethod
@@ -370,7 +361,7 @@ class _CommonOrientation(IterativeMixin, Full):
         d_mat = self._warm_orientation(previous, w.shape)
         top = np.linalg.eigvalsh(w)[:, -1]  # omega_k, largest eigenvalue of W_k
         b = self._diagonals(d_mat, w)
-        old, change = self._objective(b, s0, n), np.inf
+        old = self._objective(b, s0, n)
         for _ in range(self.inner_max_iter):
             c = self._weights(b, s0)
             # MM1: linearise tr((W_k - omega_k I) D C_k D^T), concave in D:
@@ -385,11 +376,9 @@ class _CommonOrientation(IterativeMixin, Full):
             d_mat = u @ vh
             b = self._diagonals(d_mat, w)
             obj = self._objective(b, s0, n)
-            change, old = abs(old - obj), obj
-            if change <= self.inner_tol:
+            if abs(old - obj) <= self.inner_tol:
                 break
-        else:
-            self._cap_reached(change)
+            old = obj
         return self._covariances(d_mat, b, s0)
 
     @staticmethod
