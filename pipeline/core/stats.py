@@ -25,6 +25,7 @@ import numpy as np
 from pipeline.core.params import MixtureParams
 from pipeline.exceptions import CovarianceError
 from pipeline.families import CHOLESKY_ADVICE, CovarianceFamily, get_family
+from pipeline.families.base import floor_start
 
 #: added to every N_k, as scikit-learn does, so empty components never divide by zero.
 NK_FLOOR = 10 * np.finfo(np.float64).eps
@@ -184,7 +185,7 @@ class SuffStats:
             return family.m_step(nk, self.s1, self.s2, reg_covar, previous), []
         except CovarianceError:
             pass
-        reg = max(float(reg_covar), 1e-10 * float(scale), np.finfo(np.float64).tiny)
+        reg = floor_start(reg_covar, scale)
         for _ in range(40):
             try:
                 cov = family.m_step(nk, self.s1, self.s2, reg, previous)

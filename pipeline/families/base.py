@@ -63,6 +63,12 @@ def _inverse_gram(L: np.ndarray) -> np.ndarray:
     return inv_l.T @ inv_l
 
 
+def floor_start(reg_covar: float, scale: float) -> float:
+    """The first regularisation tried on a collapsed component, raised by factors of 10 until
+    it factorises: ``max(reg_covar, 1e-10 * scale)`` (``scale`` a typical variance of the data)."""
+    return max(float(reg_covar), 1e-10 * float(scale), np.finfo(np.float64).tiny)
+
+
 class CovarianceFamily:
     """One covariance model.  Subclasses set the class attributes and implement the methods.
 
@@ -178,8 +184,7 @@ class CovarianceFamily:
             return covariances, self.precision_cholesky(covariances), []
         except CovarianceError:
             pass
-        base = max(float(reg_covar), 1e-10 * float(scale), np.finfo(np.float64).tiny)
-        return self._floor_collapsed(np.array(covariances, dtype=np.float64, copy=True), base)
+        return self._floor_collapsed(np.array(covariances, dtype=np.float64, copy=True), floor_start(reg_covar, scale))
 
     def _floor_collapsed(self, covariances: np.ndarray, base: float):
         """:meth:`floor` once the factorisation failed: ``covariances`` is a copy to edit."""
