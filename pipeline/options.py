@@ -9,6 +9,10 @@ import numbers
 #: ``init_params``: k-means|| + Lloyd on the chunked data, k-means++ on a sample, random
 #: responsibilities, K random rows as means
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
+#: ``nan_policy``: what NaN in the data means.  "raise": an error naming the chunks; "omit":
+#: rows with a NaN are left out of the fit; "marginalize": NaN are values missing at random,
+#: marginalised by EM (:mod:`pipeline.kernels.missing`)
+NAN_POLICIES = ("raise", "omit", "marginalize")
 #: compute precision of the E step (statistics are accumulated in float64 whatever it is)
 DTYPES = ("float32", "float64")
 #: ``cache``: keep the data in (worker) memory between passes

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.core.plan import EStepPlan, make_plan
+from pipeline.core.plan import EStepPlan, MarginalPlan, make_marginal_plan, make_plan
 from pipeline.families import CovarianceFamily, get_family
 
 
@@ -36,6 +36,10 @@ class MixtureParams:
 
     def plan(self, dtype="float64", shift=None, kernel="auto") -> EStepPlan:
         return make_plan(self.weights, self.means, self.precisions_cholesky, self.covariance_type, dtype, shift, kernel)
+
+    def marginal_plan(self, dtype="float64") -> MarginalPlan:
+        """The E-step plan of data with missing values (``nan_policy="marginalize"``)."""
+        return make_marginal_plan(self.weights, self.means, self.precisions_cholesky, self.covariance_type, dtype)
 
     def n_parameters(self) -> int:
         """Number of free parameters (for BIC/AIC), as scikit-learn counts them."""

@@ -135,3 +135,56 @@ def make_plan(weights, means, prec_chol, covariance_type, dtype="float64", shift
     return EStepPlan("centred", shift.astype(dt), const, dt.name, lcat=lcat.astype(dt), offset=offset.astype(dt))
 
 
+
+
+@dataclass(frozen=True)
+class MarginalPlan:
+    """The E step of data with missing values (``nan_policy="marginalize"``).
+
+    ``plan`` is the :class:`EStepPlan` of the complete rows (the fast kernels); rows with NaN
+    use each component's full precision matrix (see :mod:`pipeline.kernels.missing`):
+    ``means`` (K, D), ``precisions`` (K, D, D) and ``log_det`` (K,) = log det of the precision
+    Cholesky factor (half log det P_k), ``log_weights`` (K,), all float64.
+    """
+
+    plan: EStepPlan
+    means: np.ndarray
+    precisions: np.ndarray
+    log_det: np.ndarray
+    log_weights: np.ndarray
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.means.shape[1]
+
+
+def make_marginal_plan(weights, means, prec_chol, covariance_type, dtype="float64") -> MarginalPlan:
+    """:class:`MarginalPlan` of the given parameters (driver side, O(K*D^2))."""
+    weights = np.asarray(weights, dtype=np.float64)
+    means = np.asarray(means, dtype=np.float64)
+    k, d = means.shape
+    family = get_family(covariance_type)
+    prec = np.asarray(family.plan_precisions(prec_chol, k, d), dtype=np.float64)
+    if prec.ndim == 2:  # diagonal and scalar structures: (K, D) diagonals
+        prec = np.einsum("kd,de->kde", prec, np.eye(d))
+    log_det = np.broadcast_to(family.log_det_cholesky(prec_chol, d), (k,)).astype(np.float64)
+    return MarginalPlan(
+        make_plan(weights, means, prec_chol, covariance_type, dtype), means, np.ascontiguousarray(prec),
+        log_det, np.log(np.maximum(weights, np.finfo(np.float64).tiny)),
+    )
+
+
+@dataclass(frozen=True)
+class OmitPlan:
+    """Predictions under ``nan_policy="omit"``: rows with a NaN get label -1 and NaN
+    probabilities and log-densities, and are left out of sums; the others use ``plan``."""
+
+    plan: EStepPlan
+
+    @property
+    def n_components(self) -> int:
+        return self.plan.n_components

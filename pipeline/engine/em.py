@@ -28,6 +28,7 @@ from pipeline.engine.summary import summarize
 from pipeline.exceptions import DataError
 from pipeline.families import warn_floored
 from pipeline.kernels.cpu import chunk_stats
+from pipeline.kernels.missing import marginal_chunk_stats
 
 
 def _em_kernel(block, plan, centres, covariance_type):
@@ -38,15 +39,33 @@ def _weighted_em_kernel(block, weights, plan, centres, covariance_type):
     return chunk_stats(block, plan, centres, covariance_type, weights=weights).to_vector()
 
 
-def e_step_stats(X: da.Array, params: MixtureParams, dtype="float64", weights: da.Array | None = None) -> SuffStats:
+def _marginal_em_kernel(block, plan, centres, covariance_type):
+    return marginal_chunk_stats(block, plan, centres, covariance_type).to_vector()
+
+
+def _weighted_marginal_em_kernel(block, weights, plan, centres, covariance_type):
+    return marginal_chunk_stats(block, plan, centres, covariance_type, weights=weights).to_vector()
+
+
+_KERNELS = {  # (weighted, marginalize): the chunk kernel of one E step
+    (False, False): _em_kernel, (True, False): _weighted_em_kernel,
+    (False, True): _marginal_em_kernel, (True, True): _weighted_marginal_em_kernel,
+}
+
+
+def e_step_stats(
+    X: da.Array, params: MixtureParams, dtype="float64", weights: da.Array | None = None, marginalize: bool = False,
+) -> SuffStats:
     """One pass: E step on every chunk and the reduced statistics, centred at the current means.
 
     ``weights``: optional (n,) sample weights with X's row chunks (validated by the caller):
-    the statistics are then weighted sums and ``n`` the total weight."""
-    plan = params.plan(dtype)
+    the statistics are then weighted sums and ``n`` the total weight.  ``marginalize``: NaN
+    are missing values, marginalised in the E step and replaced by their conditional
+    expectations in the statistics (:mod:`pipeline.kernels.missing`)."""
+    plan = params.marginal_plan(dtype) if marginalize else params.plan(dtype)
     vec = reduce_blocks(
         X if weights is None else (X, weights),
-        _em_kernel if weights is None else _weighted_em_kernel,
+        _KERNELS[weights is not None, bool(marginalize)],
         vector_length(params.covariance_type, params.n_components, params.n_features),
         dask.delayed(plan, pure=True),
         dask.delayed(params.means, pure=True),
@@ -85,6 +104,7 @@ def run_em(
     updater=None,
     lower_bound: float | None = None,
     weights: da.Array | None = None,
+    marginalize: bool = False,
 ) -> EMResult:
     """EM from ``params`` until ``|change of the objective| < tol`` or ``max_iter``.
 
@@ -98,6 +118,10 @@ def run_em(
 
     ``weights`` (n,) with X's row chunks: weighted EM (the objective is then the weighted mean
     log-likelihood), equal to EM on the data with row i repeated w_i times for integer w.
+
+    ``marginalize``: EM for values missing at random, NaN being the missing values (the
+    objective is then the mean observed-data log-likelihood); see
+    :mod:`pipeline.kernels.missing`.
 
     ``lower_bound`` (without ``history``) is the objective the first change is measured from:
     scikit-learn's ``warm_start`` continues a previous fit from its ``lower_bound_``, counting
@@ -116,7 +140,7 @@ def run_em(
         return EMResult(params, history, True, n_iter)
     for n_iter in range(len(history) + 1, max_iter + 1):
         t0 = time.perf_counter()
-        st = e_step_stats(X, params, dtype, weights)
+        st = e_step_stats(X, params, dtype, weights, marginalize)
         if st.n_nonfinite:
             summarize(X, name)  # names the chunks holding NaN/inf, if that is the cause; raises
             raise DataError(

@@ -14,12 +14,30 @@ from pipeline.exceptions import DataError
 
 @dataclass
 class DataSummary:
+    """What the first pass learns of the data.
+
+    Without missing values (``nan_policy="raise"``): ``n_samples`` rows, per-feature ``mean``
+    and ``var``.  With ``nan_policy="omit"`` they describe the complete rows (those without
+    NaN, the ones the fit uses); with ``"marginalize"`` every row, ``mean`` and ``var`` over
+    each feature's observed values.  ``n_incomplete`` rows hold ``n_missing`` NaN values in
+    all; ``complete`` describes the complete rows alone (see :meth:`complete_rows`).
+    """
+
     n_samples: int
     n_features: int
     mean: np.ndarray  # (D,)
     var: np.ndarray  # (D,)
     chunk_rows: tuple
     per_chunk: np.ndarray  # (n_chunks, 3 + 2D): rows, NaN, inf, mean (D), centred sum of squares (D)
+    nan_policy: str = "raise"
+    n_rows: int | None = None  # every row of the data (n_samples unless rows are omitted)
+    n_incomplete: int = 0
+    n_missing: int = 0
+    complete: "DataSummary | None" = None  # the summary of the complete rows (with missing values)
+
+    def complete_rows(self) -> "DataSummary":
+        """The summary of the rows without NaN (this one when every row is complete)."""
+        return self if self.complete is None else self.complete
 
     def fingerprint(self) -> str:
         """SHA-256 of the per-chunk counts, means and sums of squares: changes with the data."""
@@ -46,11 +64,55 @@ def _summary_kernel(block):
     return np.concatenate([[x.shape[0], n_nan, n_inf], mean, m2])
 
 
-def summarize(X: da.Array, name: str = "data") -> DataSummary:
+def _missing_summary_kernel(block):
+    """[rows, NaN, inf, complete rows, rows all NaN, then mean and centred sum of squares of
+    the complete rows (2D), then count, mean and centred sum of squares of each feature's
+    observed values (3D)]."""
+    x = np.asarray(block)
+    d = x.shape[1]
+    nan = np.isnan(x) if x.dtype.kind == "f" else np.zeros(x.shape, dtype=bool)
+    n_inf = np.count_nonzero(np.isinf(x)) if x.dtype.kind == "f" else 0
+    x = x.astype(np.float64, copy=False)
+    incomplete = nan.any(axis=1)
+    head = [x.shape[0], np.count_nonzero(nan), n_inf, np.count_nonzero(~incomplete), np.count_nonzero(nan.all(axis=1))]
+    if n_inf:
+        return np.concatenate([head, np.zeros(5 * d)])
+    xc = x[~incomplete]
+    mean_c = xc.mean(axis=0) if xc.shape[0] else np.zeros(d)
+    m2_c = ((xc - mean_c) ** 2).sum(axis=0)
+    count = (~nan).sum(axis=0).astype(np.float64)
+    obs = np.where(nan, 0.0, x)
+    mean_o = np.divide(obs.sum(axis=0), count, out=np.zeros(d), where=count > 0)
+    m2_o = (np.where(nan, 0.0, x - mean_o) ** 2).sum(axis=0)
+    return np.concatenate([head, mean_c, m2_c, count, mean_o, m2_o])
+
+
+def _pooled(counts, means, m2s):
+    """Mean and variance (D,) from per-chunk counts (n_chunks,) or (n_chunks, D), means and
+    centred sums of squares (Chan et al.)."""
+    counts = counts if counts.ndim == 2 else counts[:, None]
+    n = counts.sum(axis=0)
+    safe = np.maximum(n, 1)
+    mean = (counts * means).sum(axis=0) / safe
+    m2 = m2s.sum(axis=0) + (counts * (means - mean) ** 2).sum(axis=0)
+    return mean, m2 / safe
+
+
+def _chunk_list(bad, starts, describe):
+    where = "; ".join(f"row chunk {i} (rows {int(starts[i])}-{int(starts[i + 1]) - 1}): {describe(i)}" for i in bad[:5])
+    return where + (f"; and {bad.size - 5} more chunks" if bad.size > 5 else "")
+
+
+def summarize(X: da.Array, name: str = "data", nan_policy: str = "raise") -> DataSummary:
     """One pass: row count, per-feature mean and variance, and a finiteness check.
 
-    Raises DataError naming the chunks (and their rows) that hold NaN or inf values.
+    ``nan_policy="raise"`` (the default) raises DataError naming the chunks (and their rows)
+    that hold NaN or inf values.  With "omit" or "marginalize" NaN are missing values: inf is
+    still an error, and so is a row with every value missing under "marginalize", a feature
+    with no observed value, or (under "omit") no complete row.
     """
+    if nan_policy != "raise":
+        return _summarize_missing(X, name, nan_policy)
     n_features = X.shape[1]
     rows = per_block(X, _summary_kernel, 3 + 2 * n_features)
     counts, nans, infs = rows[:, 0], rows[:, 1], rows[:, 2]
@@ -65,7 +127,8 @@ def summarize(X: da.Array, name: str = "data") -> DataSummary:
         more = f"; and {bad.size - 5} more chunks" if bad.size > 5 else ""
         raise DataError(
             f"{name}: {int(nans.sum())} NaN and {int(infs.sum())} inf values in {bad.size} of "
-            f"{len(counts)} row chunks: {where}{more}. Remove or impute them before fitting."
+            f"{len(counts)} row chunks: {where}{more}. Remove or impute them before fitting, or set "
+            "nan_policy to 'omit' or 'marginalize' for NaN (missing values)."
         )
     n = counts.sum()
     means, m2s = rows[:, 3 : 3 + n_features], rows[:, 3 + n_features :]
@@ -73,3 +136,42 @@ def summarize(X: da.Array, name: str = "data") -> DataSummary:
     # Chan et al.: combine per-chunk centred sums of squares
     m2 = m2s.sum(axis=0) + (counts[:, None] * (means - mean) ** 2).sum(axis=0)
     return DataSummary(int(n), n_features, mean, m2 / n, tuple(X.chunks[0]), rows)
+
+
+def _summarize_missing(X: da.Array, name: str, nan_policy: str) -> DataSummary:
+    d = X.shape[1]
+    rows = per_block(X, _missing_summary_kernel, 5 + 5 * d)
+    counts, nans, infs, complete, all_nan = (rows[:, i] for i in range(5))
+    starts = np.concatenate([[0], np.cumsum(X.chunks[0])])
+    bad = np.nonzero(infs > 0)[0]
+    if bad.size:
+        raise DataError(
+            f"{name}: {int(infs.sum())} inf values in {bad.size} of {len(counts)} row chunks: "
+            f"{_chunk_list(bad, starts, lambda i: f'{int(infs[i])} inf')}. NaN are missing values under "
+            f"nan_policy={nan_policy!r}; inf is not: remove them before fitting."
+        )
+    bad = np.nonzero(all_nan > 0)[0]
+    if nan_policy == "marginalize" and bad.size:
+        raise DataError(
+            f"{name}: {int(all_nan.sum())} rows have every value missing (NaN), in {bad.size} row chunks: "
+            f"{_chunk_list(bad, starts, lambda i: f'{int(all_nan[i])} such rows')}. nan_policy='marginalize' "
+            "needs an observed value in every row: drop them, or use nan_policy='omit'."
+        )
+    n_rows, n_complete = int(counts.sum()), int(complete.sum())
+    mean_c, var_c = _pooled(complete, rows[:, 5 : 5 + d], rows[:, 5 + d : 5 + 2 * d])
+    kept = tuple(int(c) for c in complete)
+    complete_summary = DataSummary(n_complete, d, mean_c, var_c, kept, rows, nan_policy, n_complete)
+    common = dict(nan_policy=nan_policy, n_rows=n_rows, n_incomplete=n_rows - n_complete, n_missing=int(nans.sum()),
+                  complete=complete_summary)
+    if nan_policy == "omit":
+        if n_complete == 0:
+            raise DataError(f"{name}: every one of its {n_rows} rows has a missing value (NaN): nan_policy='omit' "
+                            "leaves no row to fit; use nan_policy='marginalize'")
+        return DataSummary(n_complete, d, mean_c, var_c, kept, rows, **common)
+    observed = rows[:, 5 + 2 * d : 5 + 3 * d]
+    empty = np.nonzero(observed.sum(axis=0) == 0)[0]
+    if empty.size:
+        raise DataError(f"{name}: features {empty.tolist()[:10]} have no observed value (every value NaN): "
+                        "nothing can be estimated for them; drop those columns")
+    mean_o, var_o = _pooled(observed, rows[:, 5 + 3 * d : 5 + 4 * d], rows[:, 5 + 4 * d :])
+    return DataSummary(n_rows, d, mean_o, var_o, tuple(X.chunks[0]), rows, **common)

@@ -22,10 +22,11 @@ from sklearn.utils.validation import check_is_fitted
 from pipeline.core.state import EMResult, FitState
 from pipeline.engine.em import IterationInfo, run_em, warn_not_converged
 from pipeline.engine.graph import reduce_blocks
+from pipeline.engine.missing import complete_rows, initialisation_data
 from pipeline.engine.resources import should_cache, single_threaded_blas
 from pipeline.engine.summary import summarize
 from pipeline.estimators.validation import validate_input, validate_weights
-from pipeline.kernels.cpu import (
+from pipeline.kernels.predict import (
     criteria_sum_block,
     labels_block,
     proba_block,
@@ -139,8 +140,17 @@ class BaseMixture(DensityMixin, BaseEstimator):
         X = self._maybe_cache(X, was_dask)
         if weights is not None and self.data_cached_:
             weights = weights.persist()
-        if summary is None:
-            summary = summarize(X, name)
+        policy = getattr(self, "nan_policy", "raise")
+        if summary is None or (summary.nan_policy != policy and summary.n_incomplete):
+            summary = summarize(X, name, policy)
+        self.n_incomplete_rows_, self.n_missing_values_ = int(summary.n_incomplete), int(summary.n_missing)
+        marginalize = policy == "marginalize" and summary.n_incomplete > 0
+        init_X, init_summary, init_weights = X, summary, weights
+        if policy == "omit":
+            X, weights = complete_rows(X, summary, weights)
+            init_X, init_weights = X, weights
+        elif marginalize:
+            init_X, init_summary, init_weights = initialisation_data(X, summary, self.n_components, weights)
         rng = self._rng()
         n_init = self.n_init if do_init else 1
         state = FitState() if resume is None else resume
@@ -154,7 +164,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
                 rng.bit_generator.state = resume.rng_state
                 params0, history = resume.params, resume.history
             elif do_init:
-                params0, history = self._initial_params(X, summary, rng, dtype, weights), []
+                params0, history = self._initial_params(init_X, init_summary, rng, dtype, init_weights), []
             else:
                 params0, history, start_bound = self._mixture, [], self.lower_bound_
             state.init, state.rng_state = init, rng.bit_generator.state
@@ -164,7 +174,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
                 result = run_em(
                     X, params0, tol=self.tol, max_iter=self.max_iter, dtype=dtype, scale=summary.scale,
                     history=history, name=name, callback=self._make_callback(callback, state),
-                    updater=updater, lower_bound=start_bound, weights=weights,
+                    updater=updater, lower_bound=start_bound, weights=weights, marginalize=marginalize,
                 )
                 self._log_init_end(result, time.perf_counter() - t_init)
             state.init_history.append(result.history)

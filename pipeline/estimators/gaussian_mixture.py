@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
 from pipeline.core.params import MixtureParams
+from pipeline.core.plan import OmitPlan
 from pipeline.core.state import EMResult
 from pipeline.core.updaters import MaximumLikelihood
 from pipeline.engine.init import initialize
@@ -26,7 +27,7 @@ from pipeline.estimators import persistence
 from pipeline.estimators.base import BaseMixture
 from pipeline.exceptions import DataError
 from pipeline.families import COVARIANCE_TYPES, get_family, to_family_form
-from pipeline.options import CACHE_MODES, DTYPES, INIT_PARAMS, check_chunk_rows
+from pipeline.options import CACHE_MODES, DTYPES, INIT_PARAMS, NAN_POLICIES, check_chunk_rows
 
 
 class GaussianMixture(BaseMixture):
@@ -58,6 +59,28 @@ class GaussianMixture(BaseMixture):
         Rows per chunk when a NumPy array is given (Dask arrays keep their chunks): "auto"
         (default) about 64 MiB and at most 262,144 rows per chunk, at least 16 chunks of
         >= 1 MiB (:func:`pipeline.data.chunking.auto_chunk_rows`); None: one chunk.
+    nan_policy : {"raise", "omit", "marginalize"}
+        What NaN in X mean (inf is always an error).
+
+        - "raise" (default): a NaN is an error naming its row chunks, as in scikit-learn.
+        - "omit": rows with any NaN are left out of the fit (``n_incomplete_rows_`` says how
+          many), and out of ``score``, ``bic``, ``aic`` and ``icl``; ``predict`` gives them
+          the label -1, ``predict_proba`` and ``score_samples`` NaN.
+        - "marginalize": NaN are values missing at random.  EM maximises the likelihood of
+          the observed values: the E step uses each row's observed coordinates (the marginal
+          Gaussian), the M step the conditional expectations ``E[x_m | x_o]`` and the
+          conditional covariance of the missing values.  Complete rows keep the fast kernel;
+          rows with NaN are grouped by missingness pattern in each chunk and computed in
+          float64.  ``lower_bound_`` and ``score`` are the mean observed-data log-likelihood
+          over every row, BIC's n the number of rows, and ``predict``, ``predict_proba`` and
+          ``score_samples`` accept NaN (each row from its observed values).  The
+          initialisation runs on the complete rows when there are at least
+          ``n_components * (n_features + 1)`` of them, and otherwise on every row with its
+          NaN replaced by the feature's observed mean.  A row with every value missing is an
+          error.  With no NaN in X every result equals "raise"'s exactly.
+
+        Fitted attributes ``n_incomplete_rows_`` and ``n_missing_values_`` count the rows
+        with a NaN and the NaN values of the data ``fit`` saw.
     """
 
     def __init__(
@@ -80,6 +103,7 @@ class GaussianMixture(BaseMixture):
         dtype=None,
         cache="auto",
         chunk_rows="auto",
+        nan_policy="raise",
     ):
         super().__init__(
             n_components, tol=tol, reg_covar=reg_covar, max_iter=max_iter, n_init=n_init,
@@ -93,6 +117,7 @@ class GaussianMixture(BaseMixture):
         self.dtype = dtype
         self.cache = cache
         self.chunk_rows = chunk_rows
+        self.nan_policy = nan_policy
 
     # ------------------------------------------------------------------ validation
     def _check_parameters(self, n_samples, n_features):
@@ -132,6 +157,8 @@ class GaussianMixture(BaseMixture):
         if self.cache not in CACHE_MODES:
             err("cache", f"must be one of {', '.join(CACHE_MODES)}")
         check_chunk_rows(self.chunk_rows)
+        if self.nan_policy not in NAN_POLICIES:
+            err("nan_policy", f"must be one of {', '.join(NAN_POLICIES)}")
         if n_samples < self.n_components:
             raise DataError(
                 f"Expected n_samples >= n_components but got n_components = {self.n_components}, "
@@ -222,7 +249,12 @@ class GaussianMixture(BaseMixture):
         return MixtureParams(self.weights_, self.means_, self.covariances_, self.precisions_cholesky_, self.covariance_type)
 
     def _plan(self):
-        return self._params().plan(self._fit_dtype_ if hasattr(self, "_fit_dtype_") else "float64")
+        dtype = self._fit_dtype_ if hasattr(self, "_fit_dtype_") else "float64"
+        policy = getattr(self, "nan_policy", "raise")
+        if policy == "marginalize":
+            return self._params().marginal_plan(dtype)
+        plan = self._params().plan(dtype)
+        return OmitPlan(plan) if policy == "omit" else plan
 
     # ------------------------------------------------------------------ model selection
     def information_criteria(self, X, sample_weight=None) -> dict:

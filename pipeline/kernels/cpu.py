@@ -16,7 +16,6 @@ import numpy as np
 
 from pipeline.core.plan import EStepPlan, n_quadratic
 from pipeline.core.stats import SuffStats
-from pipeline.exceptions import DataError
 
 #: rows per block inside a chunk (for the centred kernel and initialisation): keeps the per-block
 #: temporaries cache-sized.
@@ -394,70 +393,4 @@ def shifted_blocks(x, shift, dtype):
         # subtract in the wider of the two dtypes, then round: float64 data at a large offset
         # keeps its precision in a float32 computation
         yield np.subtract(xb, shift, out=np.empty(xb.shape, dtype=dt), casting="unsafe")
-
-
-# --------------------------------------------------------------------------------------------
-# Prediction: per-row outputs of one chunk
-# --------------------------------------------------------------------------------------------
-
-
-def iter_log_resp(x, plan):
-    for xc in shifted_blocks(x, plan.shift, plan.dtype):
-        lpx, log_resp = log_responsibilities(xc, plan)
-        if not np.all(np.isfinite(lpx)):
-            raise DataError(
-                f"{int(np.count_nonzero(~np.isfinite(lpx)))} rows to predict have NaN/inf values "
-                "(or values too large for the model's dtype); remove or impute them first"
-            )
-        yield lpx, log_resp
-
-
-def proba_block(x, plan):
-    out = np.empty((x.shape[0], plan.n_components))  # filled block by block: no second copy
-    start = 0
-    for _, lr in iter_log_resp(x, plan):
-        np.exp(lr, out=out[start : start + lr.shape[0]])
-        start += lr.shape[0]
-    return out
-
-
-def labels_block(x, plan):
-    if x.shape[0] == 0:
-        return np.empty((0,), dtype=np.int64)
-    return np.concatenate([lr.argmax(axis=1) for _, lr in iter_log_resp(x, plan)]).astype(np.int64)
-
-
-def score_block(x, plan):
-    if x.shape[0] == 0:
-        return np.empty((0,))
-    return np.concatenate([lpx for lpx, _ in iter_log_resp(x, plan)])
-
-
-def score_sum_block(x, plan):
-    return np.array([score_block(x, plan).sum(), x.shape[0]])
-
-
-def criteria_sum_block(x, plan):
-    """[sum log p(x), n rows, sum log max_k r_k(x)]: the log-likelihood and the
-    classification term of ICL in one pass."""
-    return weighted_criteria_sum_block(x, None, plan)
-
-
-def weighted_criteria_sum_block(x, weights, plan):
-    """:func:`criteria_sum_block` with each row weighted (``weights`` (n,) or None); the
-    second entry is then the total weight."""
-    w = None if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
-    total, top, start = 0.0, 0.0, 0
-    for lpx, lr in iter_log_resp(x, plan):
-        best = lr.max(axis=1) if lr.shape[0] else np.zeros(0)
-        if w is None:
-            total += float(lpx.sum())
-            top += float(best.sum())
-        else:
-            wb = w[start : start + lpx.shape[0]]
-            total += float(np.dot(wb, lpx))
-            top += float(np.dot(wb, best))
-        start += lpx.shape[0]
-    return np.array([total, x.shape[0] if w is None else float(w.sum()), top])
-
 
