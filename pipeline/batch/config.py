@@ -10,7 +10,8 @@ A run is described by a YAML file with six sections (every key is optional and h
       cache: auto                 # auto | memory | none
       generate: null              # or a mapping: make synthetic data at `path` if it is missing
     model: {n_components: 5, covariance_type: full, init_params: kmeans, n_init: 1,
-            max_iter: 100, tol: 1.0e-3, reg_covar: 1.0e-6, dtype: float64, random_state: 0}
+            max_iter: 100, tol: 1.0e-3, reg_covar: 1.0e-6, dtype: float64, random_state: 0,
+            nan_policy: raise}            # raise | omit | marginalize (NaN = missing values)
     cluster: {kind: local, n_workers: 2, threads_per_worker: 1, memory_limit: 4GiB,
               address: null, host: 127.0.0.1, dashboard: true, security: {}, jobqueue: {},
               timeout: 300}
@@ -63,6 +64,7 @@ from pipeline.options import (
     DTYPES,
     GENERATE_DEFAULTS,
     INIT_PARAMS,
+    NAN_POLICIES,
 )
 
 __all__ = [
@@ -140,6 +142,7 @@ class ModelConfig:
     reg_covar: float = 1e-6
     dtype: str = "float64"
     random_state: int | None = 0
+    nan_policy: str = "raise"  # what NaN in the data mean: GaussianMixture's nan_policy
 
     @property
     def is_search(self) -> bool:
@@ -590,6 +593,7 @@ _SCHEMAS: dict[str, tuple[type, dict]] = {
             "reg_covar": _float(0.0, strict=False),
             "dtype": _choice(DTYPES),
             "random_state": _int(0, nullable=True),
+            "nan_policy": _choice(NAN_POLICIES),
         },
     ),
     "cluster": (

@@ -11,7 +11,7 @@ import numpy as np
 from pipeline.storage.atomic import atomic_write_text
 
 
-def build_report(cfg, X, results, best, timings, cluster_info, fingerprints) -> dict:
+def build_report(cfg, X, results, best, timings, cluster_info, fingerprints, missing=None) -> dict:
     model = best["model"]
     return {
         "config": cfg.to_dict(),
@@ -24,6 +24,7 @@ def build_report(cfg, X, results, best, timings, cluster_info, fingerprints) -> 
             "n_chunks": len(X.chunks[0]),
             "nbytes": int(X.nbytes),
             "fingerprint": fingerprints["data"],
+            "missing": missing or {},
         },
         "cluster": cluster_info,
         "candidates": [{k: v for k, v in r.items() if k != "model"} for r in results],
@@ -77,6 +78,15 @@ def _jsonable(v):
     return str(v)
 
 
+def _missing_line(m: dict) -> list[str]:
+    if not m.get("n_incomplete_rows"):
+        return []
+    what = {"omit": "left out of the fit (label -1, no responsibilities)",
+            "marginalize": "fitted from their observed values (EM for values missing at random)"}[m["nan_policy"]]
+    return [f"- missing values: {m['n_missing_values']:,} NaN in {m['n_incomplete_rows']:,} of {m['n_rows']:,} rows "
+            f"({m['n_incomplete_rows'] / m['n_rows']:.1%}); nan_policy `{m['nan_policy']}`: those rows were {what}"]
+
+
 def report_markdown(r: dict) -> str:
     sel = r["selected"]
     lines = [
@@ -85,6 +95,7 @@ def report_markdown(r: dict) -> str:
         f"- config: `{r['config_file']}`",
         f"- data: `{r['data']['path']}`, {r['data']['shape'][0]:,} x {r['data']['shape'][1]} "
         f"{r['data']['dtype']}, {r['data']['n_chunks']} chunks of {r['data']['row_chunk']:,} rows",
+        *_missing_line(r["data"].get("missing") or {}),
         f"- selected model: **{sel['name']}**, mean log-likelihood {sel['loglik']:.6f}, BIC {sel['bic']:.6g}, "
         f"{sel['n_iter']} iterations, converged: {sel['converged']}",
         f"- time: {r['timings'].get('total_s', float('nan')):.1f} s in all, fitting {r['timings'].get('fit_s', float('nan')):.1f} s",

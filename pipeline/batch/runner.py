@@ -180,6 +180,7 @@ class RunContext:
     timings: dict = field(default_factory=dict)
     fingerprints: dict = field(default_factory=dict)
     weights: object = None  # data.weights as a Dask array, or None
+    missing: dict = field(default_factory=dict)  # NaN in the data, for the report
 
 
 @dataclass
@@ -225,13 +226,28 @@ def _open_data(ctx: RunContext) -> da.Array:
 def _run_with_client(ctx: RunContext, X, resume: bool, client) -> RunResult:
     _log_cluster(ctx.cfg, client)
     with single_threaded_blas():
-        summary = summarize(X, ctx.cfg.data.path)  # one pass: moments, NaN/inf check, fingerprint
+        # one pass: moments, NaN/inf check (or count, with a nan_policy), fingerprint
+        summary = summarize(X, ctx.cfg.data.path, ctx.cfg.model.nan_policy)
+    ctx.missing = _missing_values(ctx.cfg, summary)
     ctx.fingerprints = {"config": config_fingerprint(ctx.cfg), "data": data_fingerprint(X, summary, ctx.weights)}
     resumed = _prepare_stage(ctx, resume)
     if should_cache(X, ctx.cfg.data.cache):
         X = X.persist()  # once for all candidates (each fit's own persist then finds it in memory)
     results = _fit_candidates(ctx, X, summary, resumed)
     return _select_and_publish(ctx, X, results, client)
+
+
+def _missing_values(cfg, summary) -> dict:
+    """What the summary pass found of missing values (NaN), logged and kept for the report."""
+    policy = cfg.model.nan_policy
+    rows = summary.n_rows if summary.n_rows is not None else summary.n_samples
+    info = {"nan_policy": policy, "n_missing_values": int(summary.n_missing),
+            "n_incomplete_rows": int(summary.n_incomplete), "n_rows": int(rows)}
+    if summary.n_incomplete:
+        what = {"omit": "left out of the fit", "marginalize": "fitted from their observed values"}[policy]
+        logger.info(f"missing values: {summary.n_missing:,} NaN in {summary.n_incomplete:,} of {rows:,} rows "
+                    f"({summary.n_incomplete / rows:.1%}); nan_policy {policy}: those rows are {what}")
+    return info
 
 
 def _log_cluster(cfg, client) -> None:
@@ -298,6 +314,7 @@ def _fit_candidate(ctx: RunContext, X, summary, resumed: ResumeState, k: int, ct
     est = GaussianMixture(
         k, covariance_type=ct, init_params=m.init_params, n_init=m.n_init, max_iter=m.max_iter,
         tol=m.tol, reg_covar=m.reg_covar, dtype=m.dtype, random_state=m.random_state, cache=ctx.cfg.data.cache,
+        nan_policy=m.nan_policy,
     )
     logger.info(f"candidate {name}: fitting ({m.init_params} init, {m.n_init} restart(s), dtype {m.dtype})")
     callback = _iteration_callback(ctx.cfg, ctx.stage, name, ctx.fingerprints, resumed.done)
@@ -372,7 +389,7 @@ def _select_and_publish(ctx: RunContext, X, results: list[dict], client) -> RunR
     ctx.timings["outputs_s"] = time.perf_counter() - t
     ctx.timings["total_s"] = time.perf_counter() - ctx.t0
     report = build_report(ctx.cfg, X, results, best, ctx.timings, cluster_info=_describe_safe(client),
-                          fingerprints=ctx.fingerprints)
+                          fingerprints=ctx.fingerprints, missing=ctx.missing)
     write_report(ctx.stage, report)
     if ctx.cfg.output.plots:
         _write_plots_unless_missing(ctx.stage, model, X, results, best)

@@ -141,10 +141,19 @@ def make_plan(weights, means, prec_chol, covariance_type, dtype="float64", shift
 class MarginalPlan:
     """The E step of data with missing values (``nan_policy="marginalize"``).
 
-    ``plan`` is the :class:`EStepPlan` of the complete rows (the fast kernels); rows with NaN
+    ``plan`` is the :class:`EStepPlan` of the complete rows (the fast kernels).  Rows with NaN
     use each component's full precision matrix (see :mod:`pipeline.kernels.missing`):
-    ``means`` (K, D), ``precisions`` (K, D, D) and ``log_det`` (K,) = log det of the precision
-    Cholesky factor (half log det P_k), ``log_weights`` (K,), all float64.
+    ``means`` (K, D), ``precisions`` (K, D, D), ``log_det`` (K,) = log det of the precision
+    Cholesky factor (half log det P_k) and ``log_weights`` (K,), all float64.
+
+    ``kind`` is "features" or "centred".  "features": incomplete rows, shifted by ``shift``
+    with their missing values set to 0, go through one GEMM on their outer-product features
+    (``wext`` (K, Q + D + 1): the weighted log-densities of the rows so filled, as the
+    "outer" kernel of :class:`EStepPlan`) and one with the stacked precisions ``pcat``
+    (D, K*D); the missing coordinates are then corrected with ``pm`` (K, D) = ``P_k (mu_k -
+    shift)`` and ``mus`` (K, D) = ``mu_k - shift``.  Taken while the expanded form loses no
+    more than :data:`FAST_PATH_MAX_LOSS` in float64; "centred" (components far from the
+    shift) computes per component from the residuals ``x - mu_k``.
     """
 
     plan: EStepPlan
@@ -152,6 +161,12 @@ class MarginalPlan:
     precisions: np.ndarray
     log_det: np.ndarray
     log_weights: np.ndarray
+    kind: str = "centred"
+    shift: np.ndarray | None = None
+    wext: np.ndarray | None = None
+    pcat: np.ndarray | None = None
+    pm: np.ndarray | None = None
+    mus: np.ndarray | None = None
 
     @property
     def n_components(self) -> int:
@@ -162,8 +177,11 @@ class MarginalPlan:
         return self.means.shape[1]
 
 
-def make_marginal_plan(weights, means, prec_chol, covariance_type, dtype="float64") -> MarginalPlan:
-    """:class:`MarginalPlan` of the given parameters (driver side, O(K*D^2))."""
+def make_marginal_plan(weights, means, prec_chol, covariance_type, dtype="float64", kernel="auto") -> MarginalPlan:
+    """:class:`MarginalPlan` of the given parameters (driver side, O(K*D^2)); ``kernel`` as
+    in :func:`make_plan` ("auto", "features" or "centred") for the rows with missing values."""
+    if kernel not in ("auto", "features", "centred"):
+        raise ValueError(f"kernel must be 'auto', 'features' or 'centred'; got {kernel!r}")
     weights = np.asarray(weights, dtype=np.float64)
     means = np.asarray(means, dtype=np.float64)
     k, d = means.shape
@@ -171,11 +189,22 @@ def make_marginal_plan(weights, means, prec_chol, covariance_type, dtype="float6
     prec = np.asarray(family.plan_precisions(prec_chol, k, d), dtype=np.float64)
     if prec.ndim == 2:  # diagonal and scalar structures: (K, D) diagonals
         prec = np.einsum("kd,de->kde", prec, np.eye(d))
+    prec = np.ascontiguousarray(prec)
     log_det = np.broadcast_to(family.log_det_cholesky(prec_chol, d), (k,)).astype(np.float64)
-    return MarginalPlan(
-        make_plan(weights, means, prec_chol, covariance_type, dtype), means, np.ascontiguousarray(prec),
-        log_det, np.log(np.maximum(weights, np.finfo(np.float64).tiny)),
-    )
+    log_w = np.log(np.maximum(weights, np.finfo(np.float64).tiny))
+    common = (make_plan(weights, means, prec_chol, covariance_type, dtype), means, prec, log_det, log_w)
+    shift = weights @ means / max(weights.sum(), np.finfo(np.float64).tiny)
+    mus = means - shift
+    pm = np.einsum("kde,ke->kd", prec, mus)
+    whitened = np.einsum("kd,kd->k", mus, pm)
+    worst = float(np.max(whitened[weights > 1e-8 * weights.max()], initial=0.0))
+    if kernel == "centred" or (kernel == "auto" and worst * np.finfo(np.float64).eps > FAST_PATH_MAX_LOSS["float64"]):
+        return MarginalPlan(*common)
+    const = log_w + log_det - 0.5 * d * LOG_2PI
+    # log-densities of rows x - shift (filled with 0): -(x^T P x)/2 + (P mus) . x + bias
+    wext = np.concatenate([-0.5 * triu_weights(prec).T, pm, (const - 0.5 * whitened)[:, None]], axis=1)
+    pcat = np.ascontiguousarray(np.concatenate(list(prec), axis=1))  # (D, K*D)
+    return MarginalPlan(*common, kind="features", shift=shift, wext=np.ascontiguousarray(wext), pcat=pcat, pm=pm, mus=mus)
 
 
 @dataclass(frozen=True)
