@@ -377,3 +377,46 @@ def test_resume_refuses_other_weights(tmp_path, client):
     cfg["output"]["dir"] = str(tmp_path / "uninterrupted")
     fresh = run(config_from_dict(cfg), client=client).report["selected"]
     assert (resumed["n_iter"], resumed["loglik"]) == (fresh["n_iter"], fresh["loglik"])
+
+
+def test_nan_policy_in_the_yaml_omits_or_marginalizes_and_the_report_says_so(tmp_path, client):
+    from pipeline.data.zarr_io import write_array_zarr
+
+    config, cfg = small_config(tmp_path)
+    cfg["model"].update(max_iter=40, dtype="float64")
+    X = open_dataset(run(config_from_dict(cfg), client=client).out_dir.parent / "data.zarr").compute()  # generated
+    X = X.astype(np.float64)
+    X[np.random.default_rng(1).random(X.shape) < 0.1] = np.nan
+    X[np.isnan(X).all(axis=1), 0] = 0.0
+    import dask.array as da
+
+    write_array_zarr(da.from_array(X, chunks=(5000, -1)), tmp_path / "nan.zarr")
+    cfg["data"]["path"] = str(tmp_path / "nan.zarr")
+    cfg["data"].pop("generate")
+    incomplete = int(np.isnan(X).any(axis=1).sum())
+    for policy in ("omit", "marginalize"):
+        cfg["model"]["nan_policy"] = policy
+        cfg["output"]["dir"] = str(tmp_path / policy)
+        result = run(config_from_dict(cfg), client=client)
+        m = cfg["model"]
+        expected = GaussianMixture(3, random_state=0, max_iter=40, tol=m["tol"], reg_covar=m["reg_covar"], dtype="float64",
+                                   nan_policy=policy, chunk_rows=5000).fit(X)
+        np.testing.assert_allclose(result.model.means_, expected.means_, rtol=1e-10)
+        assert result.report["selected"]["bic"] == pytest.approx(expected.bic(X), rel=1e-12)
+        missing = result.report["data"]["missing"]
+        assert missing == {"nan_policy": policy, "n_missing_values": int(np.isnan(X).sum()),
+                           "n_incomplete_rows": incomplete, "n_rows": len(X)}
+        assert f"in {incomplete:,} of {len(X):,} rows" in (result.out_dir / "report.md").read_text()
+        labels = zarr.open_array(str(result.out_dir / "labels.zarr"), mode="r")[:]
+        np.testing.assert_array_equal(labels, expected.predict(X))
+        assert (labels == -1).sum() == (incomplete if policy == "omit" else 0)
+    cfg["model"]["nan_policy"] = "raise"
+    cfg["output"]["dir"] = str(tmp_path / "raise")
+    path = tmp_path / "raise.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = gmm("run", path)
+    assert r.returncode != 0 and "NaN" in r.stderr and "nan_policy" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    cfg["model"]["nan_policy"] = "drop"
+    path.write_text(yaml.safe_dump(cfg))
+    r = gmm("run", path)
+    assert r.returncode != 0 and "model.nan_policy" in r.stderr and "marginalize" in r.stderr, r.stderr

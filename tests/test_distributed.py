@@ -92,3 +92,21 @@ def test_weighted_fit_on_worker_processes_equals_the_threaded_one(client):
     np.testing.assert_allclose(dist.history_, local.history_, rtol=1e-12)
     np.testing.assert_allclose(dist.means_, local.means_, rtol=1e-12)
     assert dist.score(Xd, sample_weight=wd) == pytest.approx(local.score(X, sample_weight=w), rel=1e-12)
+
+
+def test_marginalize_on_worker_processes_equals_the_threaded_one(client):
+    X, _ = blobs(1500, seed=24)
+    X = X.copy()
+    X[np.random.default_rng(5).random(X.shape) < 0.15] = np.nan
+    X[np.isnan(X).all(axis=1), 0] = 0.0
+    Xd = da.from_array(X, chunks=(700, 3))
+    kw = dict(n_components=3, random_state=0, tol=1e-9, max_iter=40, nan_policy="marginalize")
+    before = sum(client.run(_transitions).values())
+    dist = GaussianMixture(**kw).fit(Xd)
+    assert sum(client.run(_transitions).values()) - before > 100  # the workers did it
+    with dask.config.set(scheduler="threads"):
+        local = GaussianMixture(**kw).fit(Xd)
+    assert dist.n_incomplete_rows_ == local.n_incomplete_rows_ > 500
+    np.testing.assert_allclose(dist.history_, local.history_, rtol=1e-12)
+    np.testing.assert_allclose(dist.means_, local.means_, rtol=1e-12)
+    np.testing.assert_array_equal(dist.predict(Xd).compute(), local.predict(X))

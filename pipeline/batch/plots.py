@@ -71,8 +71,9 @@ def _loglik_figure(plt, results, best):
 
 def _clusters_figure(plt, model, X, best):
     sample = _sample_rows(X, PLOT_SAMPLE)
-    labels = model.predict(sample)
-    centre, axes = _principal_axes(sample)
+    sample = sample[~np.isnan(sample).any(axis=1)]  # rows with missing values have no position to plot
+    labels = model.predict(sample) if len(sample) else np.zeros(0, dtype=np.int64)
+    centre, axes = _principal_axes(sample if len(sample) > 1 else np.asarray(model.means_, dtype=np.float64))
     proj = (sample - centre) @ axes
     fig, ax = plt.subplots(figsize=(6, 5))
     ax.scatter(proj[:, 0], proj[:, 1] if proj.shape[1] > 1 else np.zeros(len(proj)), c=labels, s=3,
@@ -80,7 +81,7 @@ def _clusters_figure(plt, model, X, best):
     _draw_ellipses(ax, model, centre, axes)
     ax.set_xlabel("principal axis 1")
     ax.set_ylabel("principal axis 2")
-    ax.set_title(f"{best['name']}: sample of {len(sample):,} points, 2-sigma ellipses")
+    ax.set_title(f"{best['name']}: sample of {len(sample):,} complete rows, 2-sigma ellipses")
     return fig
 
 

@@ -459,7 +459,8 @@ def _write_point_outputs(cfg, model, X, stage):
 
 
 def write_point_outputs(model, X, labels_to=None, responsibilities_to=None) -> None:
-    """Write labels (int32, N) and/or responsibilities (float32, N x K) of X's rows to Zarr.
+    """Write labels (int32, N) and/or responsibilities (float32, N x K) of X's rows to Zarr
+    (-1 and NaN for rows a ``nan_policy="omit"`` model left out).
 
     Each target is ``(path, component)`` (component None: an array at ``path``; else an array of
     that name in the group at ``path``).  Both come from one graph (labels are the argmax of the
@@ -476,6 +477,7 @@ def write_point_outputs(model, X, labels_to=None, responsibilities_to=None) -> N
         targets.append(da.to_zarr(proba.astype(np.float32), str(path), component=component, compute=False, overwrite=True))
     if labels_to is not None:
         path, component = labels_to
-        labels = proba.argmax(axis=1).astype(np.int32)
+        # rows left out under nan_policy="omit" have NaN responsibilities: label -1, as predict()
+        labels = da.where(da.isnan(proba[:, 0]), -1, proba.argmax(axis=1)).astype(np.int32)
         targets.append(da.to_zarr(labels, str(path), component=component, compute=False, overwrite=True))
     dask.compute(*targets)
