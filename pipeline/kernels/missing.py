@@ -30,7 +30,8 @@ are computed in float64 whatever the compute dtype.
 
 from __future__ import annotations
 
-import numba
+import threading
+
 import numpy as np
 
 from pipeline.core.plan import LOG_2PI, MarginalPlan
@@ -187,6 +188,26 @@ ROW_BLOCK_FEATURES = 2048
 _FASTMATH = {"reassoc", "contract"}
 
 
+_COMPILED: dict = {}
+_COMPILE_LOCK = threading.Lock()
+
+
+def _compiled() -> dict:
+    """The compiled kernels, made on first use: numba is imported only by a process that meets
+    a row with missing values (its import alone takes ~110 MB of resident memory), and loads
+    them from numba's on-disk cache after the first compilation (``cache=True``)."""
+    if not _COMPILED:
+        with _COMPILE_LOCK:
+            if not _COMPILED:
+                import numba
+
+                jit = numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+                _COMPILED.update(
+                    factors=jit(_pattern_factors), rows=jit(_incomplete_rows), conditional=jit(_add_conditional_covariances)
+                )
+    return _COMPILED
+
+
 class _PatternTable:
     """The missingness patterns of a chunk's incomplete rows: ``which`` (R,) the pattern of
     each row, and the ragged column lists ``pcols``, ``poff``, ``poff2`` (see above)."""
@@ -209,7 +230,6 @@ class _PatternTable:
         self.max_missing = int(lengths.max())
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _pattern_factors(prec, mus, pcols, poff, poff2, chol, log_det, pg, gpg):  # pragma: no cover - compiled
     """Per component k and pattern u: the lower Cholesky factor of P_mm (into ``chol[k,
     poff2[u]:]``, row-major j x j), its log det, ``P_mm g`` and ``g^T P_mm g`` with ``g = mu -
@@ -243,7 +263,6 @@ def _pattern_factors(prec, mus, pcols, poff, poff2, chol, log_det, pg, gpg):  # 
     return True
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _incomplete_rows(xs, which, pcols, poff, poff2, jmax, wlp, prec, pm, mus, chol, pg, gpg, log_det_mm, weights,
                      resp, lpx, s1, cross, hh, resp_sum, stats):  # pragma: no cover - compiled (results tested)
     """The per-row part of the "features" kind (see :func:`_features_rows`): for every row b
@@ -319,7 +338,6 @@ def _incomplete_rows(xs, which, pcols, poff, poff2, jmax, wlp, prec, pm, mus, ch
                     hh[k, c, pcols[o + a2]] += rh * h[a2]
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _add_conditional_covariances(chol, pcols, poff, poff2, jmax, resp_sum, cond):  # pragma: no cover - compiled
     """``cond[k]`` += sum over patterns u of ``resp_sum[k, u] * P_mm^-1`` (embedded at the
     pattern's missing coordinates), ``P_mm^-1 = L^-T L^-1`` by forward substitution."""
@@ -397,7 +415,8 @@ def _features_rows(x, mp: MarginalPlan, weights=None, sums_wanted=True):
     log_det = np.empty((k, u_count))
     pg = np.empty((k, int(table.poff[-1])))
     gpg = np.empty((k, u_count))
-    if not _pattern_factors(mp.precisions, mp.mus, table.pcols, table.poff, table.poff2, chol, log_det, pg, gpg):
+    kernels = _compiled()
+    if not kernels["factors"](mp.precisions, mp.mus, table.pcols, table.poff, table.poff2, chol, log_det, pg, gpg):
         raise CovarianceError(CHOLESKY_ADVICE)
     sums = _FeatureSums(k, d, u_count) if sums_wanted else None
     s1, cross, hh, resp_sum = _NO_SUMS if sums is None else (sums.s1, sums.cross, sums.hh, sums.resp_sum)
@@ -413,7 +432,7 @@ def _features_rows(x, mp: MarginalPlan, weights=None, sums_wanted=True):
         z[-1] = 1.0
         wlp = np.dot(mp.wext, z, out=log_resp[:, sl] if b == n else np.empty((k, b)))
         r = resp[:, sl] if b == n else np.empty((k, b))
-        _incomplete_rows(xs, table.which[sl], table.pcols, table.poff, table.poff2, table.max_missing, wlp,
+        kernels["rows"](xs, table.which[sl], table.pcols, table.poff, table.poff2, table.max_missing, wlp,
                          mp.precisions, mp.pm, mp.mus, chol, pg, gpg, log_det, wts[sl], r, lpx[sl],
                          s1, cross, hh, resp_sum, sums is not None)
         if b != n:
@@ -422,7 +441,7 @@ def _features_rows(x, mp: MarginalPlan, weights=None, sums_wanted=True):
             sums.g += z @ r.T
     if sums is not None:
         sums.cond = np.zeros((k, d, d))
-        _add_conditional_covariances(chol, table.pcols, table.poff, table.poff2, table.max_missing, resp_sum, sums.cond)
+        kernels["conditional"](chol, table.pcols, table.poff, table.poff2, table.max_missing, resp_sum, sums.cond)
     if sums is not None:  # sums do not depend on the order of the rows
         sums.n = float(n) if weights is None else float(weights.sum())
         sums.loglik = float(lpx.sum()) if weights is None else float(np.dot(weights, lpx))
