@@ -113,3 +113,26 @@ def test_bad_weights_are_clear_errors_naming_the_chunk(edit, match):
     X = X[:400]
     with pytest.raises(DataError, match=match):
         GaussianMixture(2).fit(da.from_array(X, chunks=(100, 3)), sample_weight=edit(np.ones(400)))
+
+
+@pytest.mark.parametrize("nan_policy", ["raise", "omit", "marginalize"])
+def test_the_data_summary_is_weighted(nan_policy):
+    """The summary pass (the moments the initialisation and the floors use) weighs rows as
+    repeated rows; a row of weight 0 leaves no trace in it."""
+    from pipeline.engine.summary import summarize
+
+    X, _ = blobs(120, seed=26)
+    if nan_policy != "raise":
+        X = X.copy()
+        X[np.random.default_rng(8).random(X.shape) < 0.1] = np.nan
+        X[np.isnan(X).all(axis=1), 0] = 1.0
+    w = np.random.default_rng(9).integers(0, 4, size=len(X))
+    weighted = summarize(da.from_array(X, chunks=(50, 3)), nan_policy=nan_policy, weights=w.astype(float))
+    repeated = summarize(da.from_array(np.repeat(X, w, axis=0), chunks=(70, 3)), nan_policy=nan_policy)
+    assert weighted.weighted and weighted.n_samples == len(X) - (nan_policy == "omit") * int(np.isnan(X).any(axis=1).sum())
+    np.testing.assert_allclose(weighted.mean, repeated.mean, rtol=1e-12)
+    np.testing.assert_allclose(weighted.var, repeated.var, rtol=1e-12)
+    np.testing.assert_allclose(weighted.complete_rows().var, repeated.complete_rows().var, rtol=1e-12)
+    far = summarize(da.from_array(np.vstack([X, [[1e6, -1e6, 1e6]]]), chunks=(50, 3)), nan_policy=nan_policy,
+                    weights=np.append(w, 0.0))
+    np.testing.assert_allclose(far.var, weighted.var, rtol=1e-12)

@@ -227,7 +227,7 @@ def _run_with_client(ctx: RunContext, X, resume: bool, client) -> RunResult:
     _log_cluster(ctx.cfg, client)
     with single_threaded_blas():
         # one pass: moments, NaN/inf check (or count, with a nan_policy), fingerprint
-        summary = summarize(X, ctx.cfg.data.path, ctx.cfg.model.nan_policy)
+        summary = summarize(X, ctx.cfg.data.path, ctx.cfg.model.nan_policy, ctx.weights)
     ctx.missing = _missing_values(ctx.cfg, summary)
     ctx.fingerprints = {"config": config_fingerprint(ctx.cfg), "data": data_fingerprint(X, summary, ctx.weights)}
     resumed = _prepare_stage(ctx, resume)

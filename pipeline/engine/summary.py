@@ -17,7 +17,7 @@ class DataSummary:
     """What the first pass learns of the data.
 
     Without missing values (``nan_policy="raise"``): ``n_samples`` rows, per-feature ``mean``
-    and ``var``.  With ``nan_policy="omit"`` they describe the complete rows (those without
+    and ``var`` (weighted by the sample weights when ``weighted``).  With ``nan_policy="omit"`` they describe the complete rows (those without
     NaN, the ones the fit uses); with ``"marginalize"`` every row, ``mean`` and ``var`` over
     each feature's observed values.  ``n_incomplete`` rows hold ``n_missing`` NaN values in
     all; ``complete`` describes the complete rows alone (see :meth:`complete_rows`).
@@ -34,6 +34,7 @@ class DataSummary:
     n_incomplete: int = 0
     n_missing: int = 0
     complete: "DataSummary | None" = None  # the summary of the complete rows (with missing values)
+    weighted: bool = False  # mean and var weighted by the sample weights (n_samples stays the row count)
 
     def complete_rows(self) -> "DataSummary":
         """The summary of the rows without NaN (this one when every row is complete)."""
@@ -64,10 +65,34 @@ def _summary_kernel(block):
     return np.concatenate([[x.shape[0], n_nan, n_inf], mean, m2])
 
 
-def _missing_summary_kernel(block):
+def _weighted_moments(x, w):
+    """(total weight, weighted mean (D,), weighted centred sum of squares (D,)) of rows x."""
+    total = float(w.sum())
+    if total <= 0:
+        return total, np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    mean = w @ x / total
+    return total, mean, w @ (x - mean) ** 2
+
+
+def _weighted_summary_kernel(block, weights):
+    """:func:`_summary_kernel` with the moments weighted, and the total weight last."""
+    x = np.asarray(block)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    n_nan = np.count_nonzero(np.isnan(x)) if x.dtype.kind == "f" else 0
+    n_inf = np.count_nonzero(np.isinf(x)) if x.dtype.kind == "f" else 0
+    if n_nan or n_inf:
+        return np.concatenate([[x.shape[0], n_nan, n_inf], np.zeros(2 * x.shape[1] + 1)])
+    total, mean, m2 = _weighted_moments(x.astype(np.float64, copy=False), w)
+    return np.concatenate([[x.shape[0], n_nan, n_inf], mean, m2, [total]])
+
+
+def _missing_summary_kernel(block, weights=None):
     """[rows, NaN, inf, complete rows, rows all NaN, then mean and centred sum of squares of
     the complete rows (2D), then count, mean and centred sum of squares of each feature's
-    observed values (3D)]."""
+    observed values (3D)]; with ``weights`` the moments are weighted, the counts of observed
+    values are their total weights, and the complete rows' total weight comes last."""
+    if weights is not None:
+        return _weighted_missing_summary_kernel(block, weights)
     x = np.asarray(block)
     d = x.shape[1]
     nan = np.isnan(x) if x.dtype.kind == "f" else np.zeros(x.shape, dtype=bool)
@@ -87,12 +112,38 @@ def _missing_summary_kernel(block):
     return np.concatenate([head, mean_c, m2_c, count, mean_o, m2_o])
 
 
+def _weighted_missing_summary_kernel(block, weights):
+    x = np.asarray(block)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    d = x.shape[1]
+    nan = np.isnan(x) if x.dtype.kind == "f" else np.zeros(x.shape, dtype=bool)
+    n_inf = np.count_nonzero(np.isinf(x)) if x.dtype.kind == "f" else 0
+    x = x.astype(np.float64, copy=False)
+    incomplete = nan.any(axis=1)
+    head = [x.shape[0], np.count_nonzero(nan), n_inf, np.count_nonzero(~incomplete), np.count_nonzero(nan.all(axis=1))]
+    if n_inf:
+        return np.concatenate([head, np.zeros(5 * d + 1)])
+    total_c, mean_c, m2_c = _weighted_moments(x[~incomplete], w[~incomplete])
+    wo = np.where(nan, 0.0, w[:, None])  # each observed value's weight
+    count = wo.sum(axis=0)
+    obs = np.where(nan, 0.0, x)
+    mean_o = np.divide((wo * obs).sum(axis=0), count, out=np.zeros(d), where=count > 0)
+    m2_o = (wo * np.where(nan, 0.0, x - mean_o) ** 2).sum(axis=0)
+    return np.concatenate([head, mean_c, m2_c, count, mean_o, m2_o, [total_c]])
+
+
+def _aligned_weights(weights, X):
+    """``weights`` (n,) as a Dask array with X's row chunks."""
+    w = weights if isinstance(weights, da.Array) else da.from_array(np.asarray(weights), chunks=(X.chunks[0],))
+    return w if w.chunks[0] == X.chunks[0] else w.rechunk((X.chunks[0],))
+
+
 def _pooled(counts, means, m2s):
     """Mean and variance (D,) from per-chunk counts (n_chunks,) or (n_chunks, D), means and
     centred sums of squares (Chan et al.)."""
     counts = counts if counts.ndim == 2 else counts[:, None]
     n = counts.sum(axis=0)
-    safe = np.maximum(n, 1)
+    safe = np.where(n > 0, n, 1.0)
     mean = (counts * means).sum(axis=0) / safe
     m2 = m2s.sum(axis=0) + (counts * (means - mean) ** 2).sum(axis=0)
     return mean, m2 / safe
@@ -103,18 +154,27 @@ def _chunk_list(bad, starts, describe):
     return where + (f"; and {bad.size - 5} more chunks" if bad.size > 5 else "")
 
 
-def summarize(X: da.Array, name: str = "data", nan_policy: str = "raise") -> DataSummary:
+def summarize(X: da.Array, name: str = "data", nan_policy: str = "raise", weights=None) -> DataSummary:
     """One pass: row count, per-feature mean and variance, and a finiteness check.
+
+    ``weights`` (n,) (validated by the caller; rechunked to X's rows): the mean and variance
+    are weighted, as for the data with row i repeated w_i times (``n_samples`` stays the
+    number of rows).
 
     ``nan_policy="raise"`` (the default) raises DataError naming the chunks (and their rows)
     that hold NaN or inf values.  With "omit" or "marginalize" NaN are missing values: inf is
     still an error, and so is a row with every value missing under "marginalize", a feature
     with no observed value, or (under "omit") no complete row.
     """
+    if weights is not None:
+        weights = _aligned_weights(weights, X)
     if nan_policy != "raise":
-        return _summarize_missing(X, name, nan_policy)
+        return _summarize_missing(X, name, nan_policy, weights)
     n_features = X.shape[1]
-    rows = per_block(X, _summary_kernel, 3 + 2 * n_features)
+    if weights is None:
+        rows = per_block(X, _summary_kernel, 3 + 2 * n_features)
+    else:
+        rows = per_block((X, weights), _weighted_summary_kernel, 4 + 2 * n_features)
     counts, nans, infs = rows[:, 0], rows[:, 1], rows[:, 2]
     bad = np.nonzero((nans > 0) | (infs > 0))[0]
     if bad.size:
@@ -131,16 +191,22 @@ def summarize(X: da.Array, name: str = "data", nan_policy: str = "raise") -> Dat
             "nan_policy to 'omit' or 'marginalize' for NaN (missing values)."
         )
     n = counts.sum()
-    means, m2s = rows[:, 3 : 3 + n_features], rows[:, 3 + n_features :]
+    means, m2s = rows[:, 3 : 3 + n_features], rows[:, 3 + n_features : 3 + 2 * n_features]
+    if weights is not None:
+        mean, var = _pooled(rows[:, -1], means, m2s)
+        return DataSummary(int(n), n_features, mean, var, tuple(X.chunks[0]), rows, weighted=True)
     mean = (counts[:, None] * means).sum(axis=0) / n
     # Chan et al.: combine per-chunk centred sums of squares
     m2 = m2s.sum(axis=0) + (counts[:, None] * (means - mean) ** 2).sum(axis=0)
     return DataSummary(int(n), n_features, mean, m2 / n, tuple(X.chunks[0]), rows)
 
 
-def _summarize_missing(X: da.Array, name: str, nan_policy: str) -> DataSummary:
+def _summarize_missing(X: da.Array, name: str, nan_policy: str, weights=None) -> DataSummary:
     d = X.shape[1]
-    rows = per_block(X, _missing_summary_kernel, 5 + 5 * d)
+    if weights is None:
+        rows = per_block(X, _missing_summary_kernel, 5 + 5 * d)
+    else:
+        rows = per_block((X, weights), _missing_summary_kernel, 6 + 5 * d)
     counts, nans, infs, complete, all_nan = (rows[:, i] for i in range(5))
     starts = np.concatenate([[0], np.cumsum(X.chunks[0])])
     bad = np.nonzero(infs > 0)[0]
@@ -158,11 +224,12 @@ def _summarize_missing(X: da.Array, name: str, nan_policy: str) -> DataSummary:
             "needs an observed value in every row: drop them, or use nan_policy='omit'."
         )
     n_rows, n_complete = int(counts.sum()), int(complete.sum())
-    mean_c, var_c = _pooled(complete, rows[:, 5 : 5 + d], rows[:, 5 + d : 5 + 2 * d])
+    weighted = weights is not None
+    mean_c, var_c = _pooled(rows[:, -1] if weighted else complete, rows[:, 5 : 5 + d], rows[:, 5 + d : 5 + 2 * d])
     kept = tuple(int(c) for c in complete)
-    complete_summary = DataSummary(n_complete, d, mean_c, var_c, kept, rows, nan_policy, n_complete)
+    complete_summary = DataSummary(n_complete, d, mean_c, var_c, kept, rows, nan_policy, n_complete, weighted=weighted)
     common = dict(nan_policy=nan_policy, n_rows=n_rows, n_incomplete=n_rows - n_complete, n_missing=int(nans.sum()),
-                  complete=complete_summary)
+                  complete=complete_summary, weighted=weighted)
     if nan_policy == "omit":
         if n_complete == 0:
             raise DataError(f"{name}: every one of its {n_rows} rows has a missing value (NaN): nan_policy='omit' "
@@ -173,5 +240,5 @@ def _summarize_missing(X: da.Array, name: str, nan_policy: str) -> DataSummary:
     if empty.size:
         raise DataError(f"{name}: features {empty.tolist()[:10]} have no observed value (every value NaN): "
                         "nothing can be estimated for them; drop those columns")
-    mean_o, var_o = _pooled(observed, rows[:, 5 + 3 * d : 5 + 4 * d], rows[:, 5 + 4 * d :])
+    mean_o, var_o = _pooled(observed, rows[:, 5 + 3 * d : 5 + 4 * d], rows[:, 5 + 4 * d : 5 + 5 * d])
     return DataSummary(n_rows, d, mean_o, var_o, tuple(X.chunks[0]), rows, **common)

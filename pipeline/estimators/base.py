@@ -141,8 +141,9 @@ class BaseMixture(DensityMixin, BaseEstimator):
         if weights is not None and self.data_cached_:
             weights = weights.persist()
         policy = getattr(self, "nan_policy", "raise")
-        if summary is None or (summary.nan_policy != policy and summary.n_incomplete):
-            summary = summarize(X, name, policy)
+        if (summary is None or (summary.nan_policy != policy and summary.n_incomplete)
+                or summary.weighted != (weights is not None)):
+            summary = summarize(X, name, policy, weights)
         self.n_incomplete_rows_, self.n_missing_values_ = int(summary.n_incomplete), int(summary.n_missing)
         marginalize = policy == "marginalize" and summary.n_incomplete > 0
         init_X, init_summary, init_weights = X, summary, weights
