@@ -271,6 +271,15 @@ def test_nan_errors_name_the_problem_and_the_chunk():
         GaussianMixture(K, nan_policy="marginalize").fit(column)
     with pytest.raises(DataError, match="every one of its 300 rows has a missing value"):
         GaussianMixture(K, nan_policy="omit").fit(column)
+    few = X.copy()
+    few[2:, 0] = np.nan  # 2 complete rows for 3 components
+    with pytest.raises(DataError, match="nan_policy='omit' leaves 2 complete rows of 300, fewer than n_components=3"):
+        GaussianMixture(K, nan_policy="omit").fit(few)
+    marginal = GaussianMixture(K, nan_policy="marginalize", random_state=0).fit(X)
+    with pytest.raises(DataError, match="1 rows to predict have inf values"):
+        marginal.predict(np.vstack([inf[:2], [[np.nan, np.inf, 0.0, 1.0]]]))
+    with pytest.raises(DataError, match="1 rows to predict have inf values"):
+        marginal.score_samples(inf[:30])  # row 20: complete, with an inf
     with pytest.raises(ValueError, match="nan_policy.*must be one of raise, omit, marginalize"):
         GaussianMixture(K, nan_policy="drop").fit(X)
     fitted = GaussianMixture(K, random_state=0).fit(X)
@@ -348,3 +357,17 @@ def test_marginalize_is_monotone_em_for_every_family(covariance_type):
     assert g.converged_ and g.n_iter_ > 3
     assert np.all(np.diff(g.history_) > -1e-10), np.diff(g.history_).min()
     assert np.isfinite(g.score(Xm))
+
+
+def test_omit_with_sample_weights_equals_the_weighted_fit_of_the_complete_rows():
+    _, Xm = _data(150, 0.1, seed=15)
+    keep = ~np.isnan(Xm).any(axis=1)
+    w = np.random.default_rng(16).uniform(0.2, 2.0, size=len(Xm))
+    w0, mu0, cov0 = _start("full")
+    kw = dict(tol=1e-10, max_iter=200, weights_init=w0, means_init=mu0, precisions_init=np.linalg.inv(cov0))
+    omit = GaussianMixture(K, nan_policy="omit", chunk_rows=100, **kw).fit(Xm, sample_weight=w)
+    ref = GaussianMixture(K, chunk_rows=100, **kw).fit(Xm[keep], sample_weight=w[keep])
+    assert omit.n_iter_ == ref.n_iter_
+    np.testing.assert_allclose(omit.history_, ref.history_, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(omit.means_, ref.means_, rtol=0, atol=1e-10)
+    assert omit.score(Xm, sample_weight=w) == pytest.approx(ref.score(Xm[keep], sample_weight=w[keep]), rel=1e-12)

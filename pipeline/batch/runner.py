@@ -74,6 +74,8 @@ class RunResult:
 
 def config_fingerprint(cfg) -> dict:
     d = cfg.to_dict()
+    if d.get("model", {}).get("nan_policy") == "raise":  # the default: as checkpoints written before the key
+        d["model"] = {k: v for k, v in d["model"].items() if k != "nan_policy"}
     return {k: v for k, v in d.items() if k not in _RESUME_IGNORES}
 
 

@@ -142,7 +142,8 @@ def run_em(
         t0 = time.perf_counter()
         st = e_step_stats(X, params, dtype, weights, marginalize)
         if st.n_nonfinite:
-            summarize(X, name)  # names the chunks holding NaN/inf, if that is the cause; raises
+            if not marginalize:  # (NaN are missing values there, and inf was refused by the summary)
+                summarize(X, name)  # names the chunks holding NaN/inf, if that is the cause; raises
             raise DataError(
                 f"{name}: {int(st.n_nonfinite)} rows have a non-finite log-likelihood although their "
                 f"values are finite: values too large for the compute dtype {dtype}? Use dtype float64 "

@@ -28,7 +28,7 @@ class DataSummary:
     mean: np.ndarray  # (D,)
     var: np.ndarray  # (D,)
     chunk_rows: tuple
-    per_chunk: np.ndarray  # (n_chunks, 3 + 2D): rows, NaN, inf, mean (D), centred sum of squares (D)
+    per_chunk: np.ndarray  # (n_chunks, columns): the summary kernel's vector per chunk (see the kernels)
     nan_policy: str = "raise"
     n_rows: int | None = None  # every row of the data (n_samples unless rows are omitted)
     n_incomplete: int = 0

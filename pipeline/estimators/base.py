@@ -26,6 +26,7 @@ from pipeline.engine.missing import complete_rows, initialisation_data
 from pipeline.engine.resources import should_cache, single_threaded_blas
 from pipeline.engine.summary import summarize
 from pipeline.estimators.validation import validate_input, validate_weights
+from pipeline.exceptions import DataError
 from pipeline.kernels.predict import (
     criteria_sum_block,
     labels_block,
@@ -148,6 +149,11 @@ class BaseMixture(DensityMixin, BaseEstimator):
         marginalize = policy == "marginalize" and summary.n_incomplete > 0
         init_X, init_summary, init_weights = X, summary, weights
         if policy == "omit":
+            if summary.n_samples < self.n_components:
+                raise DataError(
+                    f"{name}: nan_policy='omit' leaves {summary.n_samples} complete rows of {summary.n_rows}, fewer "
+                    f"than n_components={self.n_components}; use nan_policy='marginalize'"
+                )
             X, weights = complete_rows(X, summary, weights)
             init_X, init_weights = X, weights
         elif marginalize:

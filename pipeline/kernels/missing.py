@@ -1,4 +1,4 @@
-"""The E step of rows with missing values (``nan_policy="marginalize"``), pure NumPy.
+"""The E step of rows with missing values (``nan_policy="marginalize"``): NumPy and numba.
 
 EM for values missing at random (Little & Rubin, *Statistical Analysis with Missing Data*,
 ch. 11; Ghahramani & Jordan 1994).  For a row with observed coordinates ``o`` and missing ones
@@ -21,16 +21,19 @@ few values are missing): with the residual ``d = x - mu`` set to 0 at ``m`` and 
 - ``x^_m - mu_m = -P_mm^-1 u_m`` and ``C_mm = P_mm^-1``,
 
 so one Cholesky factor of ``P_mm`` per component and *missingness pattern* serves every row
-with that pattern, and the per-row work is two triangular solves of size |m|, vectorised over
-rows and components.  Rows are grouped inside a chunk by their number of missing values and
-then by pattern; complete rows keep the fast kernels of :mod:`pipeline.kernels.cpu`, and a
-chunk without NaN is computed exactly as without missing values.  Rows with missing values
-are computed in float64 whatever the compute dtype.
+with that pattern, and the per-row work is two triangular solves of size |m|.  Complete rows
+keep the fast kernels of :mod:`pipeline.kernels.cpu`, and a chunk without NaN is computed
+exactly as without missing values.  Rows with missing values are computed in float64 whatever
+the compute dtype, by one of two kinds (:class:`pipeline.core.plan.MarginalPlan`): "features"
+(rows sorted by pattern; GEMMs on their features plus compiled per-row corrections, see
+below) or "centred" (NumPy, rows grouped by their number of missing values, then by pattern;
+for components far from the data's centre, and where numba cannot be imported).
 """
 
 from __future__ import annotations
 
 import threading
+import warnings
 
 import numpy as np
 
@@ -195,13 +198,29 @@ _COMPILED: dict = {}
 _COMPILE_LOCK = threading.Lock()
 
 
+def _features_kind(mp: MarginalPlan) -> bool:
+    """Whether to use the "features" kind: the plan asks for it and numba imports (else the
+    NumPy "centred" kind, with a warning once per process)."""
+    if mp.kind != "features":
+        return False
+    try:
+        _compiled()
+    except ImportError as exc:  # pragma: no cover - numba is a dependency
+        if not _COMPILED.get("warned"):
+            _COMPILED["warned"] = True
+            warnings.warn(f"numba is not available ({exc}): rows with missing values take the slower NumPy path",
+                          RuntimeWarning, stacklevel=3)
+        return False
+    return True
+
+
 def _compiled() -> dict:
     """The compiled kernels, made on first use: numba is imported only by a process that meets
     a row with missing values (its import alone takes ~110 MB of resident memory), and loads
     them from numba's on-disk cache after the first compilation (``cache=True``)."""
-    if not _COMPILED:
+    if "rows" not in _COMPILED:
         with _COMPILE_LOCK:
-            if not _COMPILED:
+            if "rows" not in _COMPILED:
                 import numba
 
                 jit = numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
@@ -563,7 +582,7 @@ def marginal_chunk_stats(x, mp: MarginalPlan, centres, covariance_type, weights=
     centres = np.asarray(centres, dtype=np.float64)
     rows = np.nonzero(incomplete)[0]
     wb = None if w is None else w[rows]
-    if mp.kind == "features":
+    if _features_kind(mp):
         sums = _features_rows(np.asarray(x[rows], dtype=np.float64), mp, wb)[2]
         s0, s1, s2 = _features_statistics(sums, mp, centres)
         st.s0 += s0
@@ -598,9 +617,19 @@ def marginal_log_resp(x, mp: MarginalPlan):
         rows = complete[start : start + xc.shape[0]]
         lpx[rows], log_resp[rows] = log_responsibilities(xc, mp.plan)
         start += xc.shape[0]
+    if not np.all(np.isfinite(lpx[complete])):
+        raise DataError(
+            f"{int(np.count_nonzero(~np.isfinite(lpx[complete])))} rows to predict have inf values (or values "
+            "too large for the model's dtype); remove them first"
+        )
     if incomplete.any():
         x64 = np.asarray(x, dtype=np.float64)
-        if mp.kind == "features":
+        if np.isinf(x64[incomplete]).any():
+            raise DataError(
+                f"{int(np.isinf(x64[incomplete]).any(axis=1).sum())} rows to predict have inf values; NaN are "
+                "missing values under nan_policy='marginalize', inf is not: remove them first"
+            )
+        if _features_kind(mp):
             rows = np.nonzero(incomplete)[0]
             lp, lr, _ = _features_rows(x64[rows], mp, sums_wanted=False)
             lpx[rows], log_resp[rows] = lp, lr.T
