@@ -143,3 +143,26 @@ def test_resume_refuses_a_checkpoint_of_another_config_or_data(tmp_path):
         # the same config and data resume and finish
         result = run(config_from_dict(cfg), resume=True, client=client)
         assert result.report["selected"]["n_iter"] == 3
+
+
+def test_a_corrupted_chunk_file_is_one_line_naming_the_array_chunk_rows_and_file(tmp_path):
+    """A truncated chunk file (its zstd frame cut): the run exits 1 with one line on stderr that
+    names the array, the rows, the stored chunk and its file; no traceback, not even the one a
+    worker logs for a failed task, unless --debug (then both)."""
+    from pipeline.data.synthetic import generate_mixture
+
+    config, cfg = small_config(tmp_path)
+    generate_mixture(cfg["data"]["path"], n_samples=20000, n_features=4, n_components=3, chunk_rows=5000)
+    chunk = Path(cfg["data"]["path"]) / "X" / "c" / "2" / "0"
+    data = chunk.read_bytes()
+    chunk.write_bytes(data[: len(data) // 3])
+    r = subprocess.run([*CLI, "run", str(config)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "(array 'X'): cannot read rows 10000-14999 (stored chunk 2, " in lines[0]
+    assert f"{chunk}): RuntimeError: Zstd decompression error" in lines[0]
+    assert not Path(cfg["output"]["dir"]).exists()
+    r = subprocess.run([*CLI, "--debug", "run", str(config)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" in r.stderr and "Compute Failed" in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == lines[0]

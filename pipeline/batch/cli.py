@@ -142,7 +142,7 @@ def _run(args) -> int:
     from pipeline.batch.runner import run
 
     cfg = load_config(args.config, args.overrides)
-    result = run(cfg, resume=args.resume)
+    result = run(cfg, resume=args.resume, debug=args.debug)
     sel = result.report["selected"]
     print(f"done: {sel['name']} mean log-likelihood {sel['loglik']:.6f} -> {result.out_dir}", flush=True)
     return 0

@@ -29,6 +29,8 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from distributed.diagnostics.plugin import WorkerPlugin
+
 from pipeline.engine.resources import worker_memory_limits
 from pipeline.exceptions import ClusterError, ConfigError
 from pipeline.options import CLUSTER_DEFAULTS, CLUSTER_KINDS
@@ -454,3 +456,28 @@ def _close(client, cluster) -> None:
             thing.close()
         except Exception as exc:  # pragma: no cover - best effort on the way out
             logger.warning("closing %s failed: %s", type(thing).__name__, exc)
+
+
+def _drop_compute_failed(record) -> bool:
+    return not str(record.msg).startswith("Compute Failed")
+
+
+class QuietTaskErrors(WorkerPlugin):
+    """A worker plugin that drops the workers' "Compute Failed" log records (a failed task's
+    exception and traceback, which workers write to their stderr, the terminal of a local
+    cluster): the error itself reaches the client, and the command prints it as one line (with
+    the traceback under ``--debug``, which does not install this plugin).  Registered on every
+    present and future worker of the run's cluster."""
+
+    name = "gmm-pipeline-quiet-task-errors"
+
+    def setup(self, worker):
+        logging.getLogger("distributed.worker").addFilter(_drop_compute_failed)
+
+    def teardown(self, worker):
+        logging.getLogger("distributed.worker").removeFilter(_drop_compute_failed)
+
+
+def quiet_task_errors(client) -> None:
+    """Install :class:`QuietTaskErrors` on the client's workers."""
+    client.register_plugin(QuietTaskErrors(), name=QuietTaskErrors.name)

@@ -138,14 +138,16 @@ def check_output_dir(cfg, resume: bool) -> tuple[Path, Path]:
     return out, stage
 
 
-def run(cfg, resume: bool = False, client=None) -> RunResult:
+def run(cfg, resume: bool = False, client=None, debug: bool = False) -> RunResult:
     """Execute the run described by ``cfg``; returns the outputs' location and the report.
 
     Progress goes to the logger ``pipeline.batch.runner`` at INFO (silent unless the caller
-    configures logging, as the command does)."""
+    configures logging, as the command does).  Unless ``debug``, the workers do not log failed
+    tasks' tracebacks (:class:`pipeline.batch.cluster.QuietTaskErrors`): the error is raised
+    here, once."""
     t0 = time.perf_counter()
     with run_lock(Path(cfg.output.dir)):
-        return _run_locked(cfg, resume, client, t0)
+        return _run_locked(cfg, resume, client, t0, debug)
 
 
 @contextmanager
@@ -198,7 +200,7 @@ class ResumeState:
         return self.state if (self.state is not None and self.candidate == name) else None
 
 
-def _run_locked(cfg, resume, client, t0) -> RunResult:
+def _run_locked(cfg, resume, client, t0, debug=False) -> RunResult:
     out, stage = check_output_dir(cfg, resume)
     ctx = RunContext(cfg, out, stage, t0)
     X = _open_data(ctx)
@@ -208,6 +210,8 @@ def _run_locked(cfg, resume, client, t0) -> RunResult:
     t = time.perf_counter()
     with cluster_mod.connect(cfg.cluster) as c:
         ctx.timings["connect_s"] = time.perf_counter() - t
+        if not debug:
+            cluster_mod.quiet_task_errors(c)
         return _run_with_client(ctx, X, resume, c)
 
 

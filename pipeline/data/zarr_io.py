@@ -23,6 +23,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import zarr
+from dask.base import tokenize
 
 from pipeline.data.chunking import resolve_chunk_rows
 from pipeline.data.synthetic import generate_mixture
@@ -62,7 +63,43 @@ def open_dataset(
     name, z, label = _resolve_array(node, array, where)
     check_shape_dtype(z.shape, z.dtype, label)
     rows = _dask_chunk_rows(z, chunk_rows, label)
-    return da.from_zarr(where, component=name, chunks=(rows, z.shape[1]))
+    return da.from_array(
+        NamedChunks(z, label, where), chunks=(rows, z.shape[1]), name=f"from-zarr-{tokenize(where, name, rows)}",
+        asarray=False, fancy=False, meta=np.empty((0, 0), dtype=z.dtype),
+    )
+
+
+class NamedChunks:
+    """A ``zarr.Array`` for :func:`dask.array.from_array` whose read errors name the array, the
+    rows, the stored chunks and their keys under the store's path: a corrupted or unreadable
+    chunk file (a truncated one fails its decompression) becomes one :class:`DataError` line
+    instead of a codec's message such as "Zstd decompression error: invalid input data".
+    Pickles as the zarr array does (the store's absolute root and the path inside it)."""
+
+    def __init__(self, z: zarr.Array, label: str, where: str):
+        self.z, self.label, self.where = z, label, where
+        self.shape, self.dtype, self.ndim = z.shape, z.dtype, z.ndim
+
+    def __getitem__(self, key):
+        try:
+            return self.z[key]
+        except Exception as exc:  # noqa: BLE001 - any failure to read a stored chunk
+            raise DataError(self._describe(key, exc)) from exc
+
+    def _describe(self, key, exc) -> str:
+        rows = key[0] if isinstance(key, tuple) else key
+        start, stop = (rows.start or 0, rows.stop or self.shape[0]) if isinstance(rows, slice) else (0, self.shape[0])
+        step = self.z.chunks[0]
+        first, last = start // step, max(start, stop - 1) // step
+        try:
+            keys = [self.z.metadata.encode_chunk_key((i, 0)) for i in (first, last)]
+            prefix = f"{self.where.rstrip('/')}/{self.z.path + '/' if self.z.path else ''}"
+            files = prefix + keys[0] + (f" .. {keys[1]}" if last != first else "")
+        except Exception:  # noqa: BLE001 - a description without the keys, then
+            files = self.where
+        chunks = f"stored chunk {first}" if first == last else f"stored chunks {first}-{last}"
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        return f"{self.label}: cannot read rows {start}-{stop - 1} ({chunks}, {files}): {reason}"
 
 
 def _open_node(path: str | os.PathLike) -> tuple[str, Any]:
