@@ -38,6 +38,11 @@ class CovarianceError(GMMPipelineError, ValueError):
     """A covariance matrix is not positive definite (a collapsed or degenerate component)."""
 
 
+class OutputWriteError(GMMPipelineError, OSError):
+    """The outputs could not be written (a full disk, a read-only or forbidden location);
+    nothing was published and the run's staging directory was removed."""
+
+
 def _convergence_warning():
     from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
 

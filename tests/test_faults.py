@@ -166,3 +166,51 @@ def test_a_corrupted_chunk_file_is_one_line_naming_the_array_chunk_rows_and_file
     r = subprocess.run([*CLI, "--debug", "run", str(config)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "Traceback" in r.stderr and "Compute Failed" in r.stderr
     assert r.stderr.strip().splitlines()[-1] == lines[0]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 400 KiB tmpfs (root only; skipped where mounting is not allowed)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _digests(root: Path) -> dict:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_full_disk_or_read_only_output_is_one_line_removes_the_staging_and_keeps_earlier_outputs(tmp_path, small_disk):
+    """output.dir on a 400 KiB tmpfs: the first run fits (about 210 KB); a second one with
+    overwrite: true runs out of space while writing. It exits 1 with one line naming
+    output.dir and the reason, the staging directory is gone, and the first run's outputs are
+    byte-identical. On the same disk remounted read-only, a run is one line too."""
+    config, cfg = small_config(tmp_path, output={"dir": str(small_disk / "run")})
+    first = subprocess.run([*CLI, "run", str(config)], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    before = _digests(small_disk / "run")
+    cfg["output"]["overwrite"] = True
+    config.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([*CLI, "run", str(config)], capture_output=True, text=True, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert f"output.dir {small_disk / 'run'}: No space left on device" in lines[0]
+    assert "nothing was published, earlier outputs are unchanged and the staging directory" in lines[0]
+    assert not (small_disk / ".run.partial").exists()
+    assert _digests(small_disk / "run") == before
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    cfg["output"]["dir"] = str(small_disk / "other")
+    config.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([*CLI, "run", str(config)], capture_output=True, text=True, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert f"output.dir {small_disk / 'other'}: Read-only file system" in lines[0], lines[0]
+    assert _digests(small_disk / "run") == before

@@ -14,6 +14,7 @@ Nothing is lost:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -39,7 +40,7 @@ from pipeline.engine.resources import should_cache, single_threaded_blas
 from pipeline.engine.summary import summarize
 from pipeline.estimators.gaussian_mixture import GaussianMixture
 from pipeline.estimators.persistence import load_checkpoint, save_checkpoint
-from pipeline.exceptions import CheckpointError, CovarianceError, OutputExistsError
+from pipeline.exceptions import CheckpointError, CovarianceError, GMMPipelineError, OutputExistsError, OutputWriteError
 from pipeline.storage.atomic import atomic_write_text, publish_dir
 
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -146,8 +147,49 @@ def run(cfg, resume: bool = False, client=None, debug: bool = False) -> RunResul
     tasks' tracebacks (:class:`pipeline.batch.cluster.QuietTaskErrors`): the error is raised
     here, once."""
     t0 = time.perf_counter()
-    with run_lock(Path(cfg.output.dir)):
-        return _run_locked(cfg, resume, client, t0, debug)
+    out = Path(cfg.output.dir)
+    try:
+        with run_lock(out):
+            return _run_locked(cfg, resume, client, t0, debug)
+    except OSError as exc:
+        if isinstance(exc, GMMPipelineError) or not _is_output_failure(exc, out):
+            raise
+        raise _output_write_error(exc, out) from exc
+
+
+#: errors of writing that no retry fixes: the disk is full, the file system read-only
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+def _is_output_failure(exc: OSError, out: Path) -> bool:
+    """Whether ``exc`` is a failure to write the run's outputs (its staging, lock or results),
+    not, say, to read the data."""
+    if exc.errno in _WRITE_ERRNOS:
+        return True
+    if exc.errno in (errno.EACCES, errno.EPERM) and exc.filename:
+        path = Path(os.path.abspath(exc.filename))
+        return path.parent == out.parent or out.parent in path.parents and path.relative_to(out.parent).parts[0] in (
+            out.name, staging_dir(out).name, f".{out.name}.lock")
+    return False
+
+
+def _output_write_error(exc: OSError, out: Path) -> OutputWriteError:
+    """The one-line error of a failed write, after removing the staging directory (an earlier
+    run's published outputs are never touched: publication is the last step)."""
+    stage = staging_dir(out)
+    written = 0
+    if stage.is_dir():
+        written = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file())
+        shutil.rmtree(stage, ignore_errors=True)
+    what = f" ({exc.filename})" if exc.filename else ""
+    gone = (f"the staging directory {stage} could not be removed" if stage.exists()
+            else f"the staging directory {stage} ({written:,} bytes written) was removed")
+    err = OutputWriteError(
+        f"output.dir {out}: {exc.strerror or exc}{what}; nothing was published, earlier outputs are unchanged "
+        f"and {gone}. Free space, fix the permissions or choose another output.dir"
+    )
+    err.errno = exc.errno
+    return err
 
 
 @contextmanager
