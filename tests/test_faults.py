@@ -214,3 +214,22 @@ def test_a_full_disk_or_read_only_output_is_one_line_removes_the_staging_and_kee
     assert r.returncode == 1 and len(lines) == 1, r.stderr
     assert f"output.dir {small_disk / 'other'}: Read-only file system" in lines[0], lines[0]
     assert _digests(small_disk / "run") == before
+
+
+def test_only_failures_to_write_the_outputs_count_as_output_errors():
+    """A forbidden path counts only if it is the output's own (staging, lock, results, parent
+    directories); a full disk or a read-only file system always does; reading the data never."""
+    import errno
+
+    from pipeline.batch.runner import _is_output_failure
+
+    out = Path("/srv/runs/demo")
+    cases = {
+        "/srv/runs/.demo.partial/model.npz": True, "/srv/runs/demo/report.json": True, "/srv/runs/.demo.lock": True,
+        "/srv/runs": True, "/srv/runs/data.zarr/X/c/0/0": False, "/srv/runs/demo2/x": False, "/elsewhere/x": False,
+    }
+    for name, expected in cases.items():
+        assert _is_output_failure(OSError(errno.EACCES, "Permission denied", name), out) is expected, name
+    assert _is_output_failure(OSError(errno.ENOSPC, "No space left on device"), out)
+    assert _is_output_failure(OSError(errno.EROFS, "Read-only file system", "/anywhere"), out)
+    assert not _is_output_failure(OSError(errno.EIO, "Input/output error", "/srv/runs/demo/x"), out)

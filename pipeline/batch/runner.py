@@ -167,9 +167,14 @@ def _is_output_failure(exc: OSError, out: Path) -> bool:
     if exc.errno in _WRITE_ERRNOS:
         return True
     if exc.errno in (errno.EACCES, errno.EPERM) and exc.filename:
-        path = Path(os.path.abspath(exc.filename))
-        return path.parent == out.parent or out.parent in path.parents and path.relative_to(out.parent).parts[0] in (
-            out.name, staging_dir(out).name, f".{out.name}.lock")
+        path, out = Path(os.path.abspath(exc.filename)), Path(os.path.abspath(out))
+        if path in out.parents:  # making the output's parent directories
+            return True
+        try:
+            first = path.relative_to(out.parent).parts[0]
+        except (ValueError, IndexError):
+            return False
+        return first in (out.name, staging_dir(out).name, f".{out.name}.lock")
     return False
 
 
