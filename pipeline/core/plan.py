@@ -172,10 +172,6 @@ class MarginalPlan:
     def n_components(self) -> int:
         return self.means.shape[0]
 
-    @property
-    def n_features(self) -> int:
-        return self.means.shape[1]
-
 
 def make_marginal_plan(weights, means, prec_chol, covariance_type, dtype="float64", kernel="auto") -> MarginalPlan:
     """:class:`MarginalPlan` of the given parameters (driver side, O(K*D^2)); ``kernel`` as
@@ -213,7 +209,3 @@ class OmitPlan:
     probabilities and log-densities, and are left out of sums; the others use ``plan``."""
 
     plan: EStepPlan
-
-    @property
-    def n_components(self) -> int:
-        return self.plan.n_components

@@ -17,6 +17,7 @@ import dask.array as da
 import numpy as np
 
 from pipeline.engine.summary import DataSummary
+from pipeline.kernels.cpu import nan_mask
 
 #: the complete rows start the fit under "marginalize" when there are at least this many per
 #: component and feature, K * (D + 1): enough to estimate every component's mean and
@@ -24,15 +25,17 @@ from pipeline.engine.summary import DataSummary
 INIT_MIN_COMPLETE_PER_PARAMETER = 1
 
 
+def _complete(block) -> np.ndarray:
+    """(n,) bool: the rows of ``block`` without NaN."""
+    return ~nan_mask(np.asarray(block)).any(axis=1)
+
+
 def _drop_incomplete(block):
-    x = np.asarray(block)
-    return x[~np.isnan(x).any(axis=1)] if x.dtype.kind == "f" else x
+    return np.asarray(block)[_complete(block)]
 
 
 def _drop_incomplete_weights(weights, block):
-    x = np.asarray(block)
-    keep = ~np.isnan(x).any(axis=1) if x.dtype.kind == "f" else slice(None)
-    return np.asarray(weights)[keep]
+    return np.asarray(weights)[_complete(block)]
 
 
 def _impute(block, mean):

@@ -62,6 +62,11 @@ def thread_buffer(name: str, size: int, dtype) -> np.ndarray:
 
 
 
+def nan_mask(x: np.ndarray) -> np.ndarray:
+    """(n, D) bool: where ``x`` holds NaN (missing values); all False for integer data."""
+    return np.isnan(x) if x.dtype.kind == "f" else np.zeros(x.shape, dtype=bool)
+
+
 def features(x: np.ndarray, kind: str, out: np.ndarray | None = None, shift=None) -> np.ndarray:
     """Features of a block of rows, transposed: (Q + D, B) with Q quadratic rows.
 

@@ -46,6 +46,7 @@ from pipeline.kernels.cpu import (
     features,
     log_responsibilities,
     log_sum_exp,
+    nan_mask,
     shifted_blocks,
     thread_buffer,
 )
@@ -442,8 +443,9 @@ class _FeatureSums:
 _NO_SUMS = (np.zeros((1, 1)), np.zeros((1, 1, 1)), np.zeros((1, 1, 1)), np.zeros((1, 1)))
 
 
-def _features_rows(x, mp: MarginalPlan, weights=None, sums_wanted=True):
-    """The E step of incomplete rows ``x`` (R, D) float64 by the "features" kind.  With
+def _features_rows(x, mask, mp: MarginalPlan, weights=None, sums_wanted=True):
+    """The E step of incomplete rows ``x`` (R, D) float64, NaN where ``mask`` (R, D), by the
+    "features" kind.  With
     ``sums_wanted``: returns (log p(x_o) (R,) in the order of the rows sorted by pattern, None,
     the sums (:class:`_FeatureSums`)); else (log p(x_o) (R,), log-responsibilities (K, R),
     None) in the order of ``x``.
@@ -459,7 +461,6 @@ def _features_rows(x, mp: MarginalPlan, weights=None, sums_wanted=True):
     n, d = x.shape
     k = mp.n_components
     q = d * (d + 1) // 2
-    mask = np.isnan(x)
     table = _PatternTable(mask)
     # rows sorted by pattern: consecutive rows then read the same factors (from cache)
     order = np.argsort(table.which, kind="stable")
@@ -571,7 +572,7 @@ def marginal_chunk_stats(x, mp: MarginalPlan, centres, covariance_type, weights=
     the module docstring), in float64.  ``weights`` (n,): as in ``chunk_stats``.
     """
     x = np.asarray(x)
-    mask = np.isnan(x) if x.dtype.kind == "f" else np.zeros(x.shape, dtype=bool)
+    mask = nan_mask(x)
     incomplete = mask.any(axis=1)
     if not incomplete.any():
         return chunk_stats(x, mp.plan, centres, covariance_type, weights=weights)
@@ -583,7 +584,7 @@ def marginal_chunk_stats(x, mp: MarginalPlan, centres, covariance_type, weights=
     rows = np.nonzero(incomplete)[0]
     wb = None if w is None else w[rows]
     if _features_kind(mp):
-        sums = _features_rows(np.asarray(x[rows], dtype=np.float64), mp, wb)[2]
+        sums = _features_rows(np.asarray(x[rows], dtype=np.float64), mask[rows], mp, wb)[2]
         s0, s1, s2 = _features_statistics(sums, mp, centres)
         st.s0 += s0
         st.n += sums.n
@@ -607,7 +608,7 @@ def marginal_log_resp(x, mp: MarginalPlan):
     observed values."""
     x = np.asarray(x)
     n = x.shape[0]
-    mask = np.isnan(x) if x.dtype.kind == "f" else np.zeros(x.shape, dtype=bool)
+    mask = nan_mask(x)
     incomplete = mask.any(axis=1)
     lpx = np.empty(n)
     log_resp = np.empty((n, mp.n_components))
@@ -631,7 +632,7 @@ def marginal_log_resp(x, mp: MarginalPlan):
             )
         if _features_kind(mp):
             rows = np.nonzero(incomplete)[0]
-            lp, lr, _ = _features_rows(x64[rows], mp, sums_wanted=False)
+            lp, lr, _ = _features_rows(x64[rows], mask[rows], mp, sums_wanted=False)
             lpx[rows], log_resp[rows] = lp, lr.T
         else:
             for _, rows, cols, patterns, which in missing_groups(mask):

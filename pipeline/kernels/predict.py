@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.core.plan import MarginalPlan, OmitPlan
 from pipeline.exceptions import DataError
-from pipeline.kernels.cpu import log_responsibilities, shifted_blocks
+from pipeline.kernels.cpu import log_responsibilities, nan_mask, shifted_blocks
 from pipeline.kernels.missing import marginal_log_resp
 
 
@@ -38,7 +38,7 @@ def _kept(x, plan):
     if not isinstance(plan, OmitPlan):
         return x, plan, None
     x = np.asarray(x)
-    keep = ~np.isnan(x).any(axis=1) if x.dtype.kind == "f" else np.ones(x.shape[0], dtype=bool)
+    keep = ~nan_mask(x).any(axis=1)
     return x[keep], plan.plan, keep
 
 
