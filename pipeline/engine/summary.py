@@ -10,6 +10,7 @@ import numpy as np
 
 from pipeline.engine.graph import per_block
 from pipeline.exceptions import DataError
+from pipeline.kernels.cpu import nan_mask
 
 
 @dataclass
@@ -91,45 +92,29 @@ def _missing_summary_kernel(block, weights=None):
     the complete rows (2D), then count, mean and centred sum of squares of each feature's
     observed values (3D)]; with ``weights`` the moments are weighted, the counts of observed
     values are their total weights, and the complete rows' total weight comes last."""
-    if weights is not None:
-        return _weighted_missing_summary_kernel(block, weights)
     x = np.asarray(block)
     d = x.shape[1]
-    nan = np.isnan(x) if x.dtype.kind == "f" else np.zeros(x.shape, dtype=bool)
+    nan = nan_mask(x)
     n_inf = np.count_nonzero(np.isinf(x)) if x.dtype.kind == "f" else 0
     x = x.astype(np.float64, copy=False)
     incomplete = nan.any(axis=1)
     head = [x.shape[0], np.count_nonzero(nan), n_inf, np.count_nonzero(~incomplete), np.count_nonzero(nan.all(axis=1))]
     if n_inf:
-        return np.concatenate([head, np.zeros(5 * d)])
-    xc = x[~incomplete]
-    mean_c = xc.mean(axis=0) if xc.shape[0] else np.zeros(d)
-    m2_c = ((xc - mean_c) ** 2).sum(axis=0)
-    count = (~nan).sum(axis=0).astype(np.float64)
-    obs = np.where(nan, 0.0, x)
-    mean_o = np.divide(obs.sum(axis=0), count, out=np.zeros(d), where=count > 0)
-    m2_o = (np.where(nan, 0.0, x - mean_o) ** 2).sum(axis=0)
-    return np.concatenate([head, mean_c, m2_c, count, mean_o, m2_o])
-
-
-def _weighted_missing_summary_kernel(block, weights):
-    x = np.asarray(block)
-    w = np.asarray(weights, dtype=np.float64).reshape(-1)
-    d = x.shape[1]
-    nan = np.isnan(x) if x.dtype.kind == "f" else np.zeros(x.shape, dtype=bool)
-    n_inf = np.count_nonzero(np.isinf(x)) if x.dtype.kind == "f" else 0
-    x = x.astype(np.float64, copy=False)
-    incomplete = nan.any(axis=1)
-    head = [x.shape[0], np.count_nonzero(nan), n_inf, np.count_nonzero(~incomplete), np.count_nonzero(nan.all(axis=1))]
-    if n_inf:
-        return np.concatenate([head, np.zeros(5 * d + 1)])
-    total_c, mean_c, m2_c = _weighted_moments(x[~incomplete], w[~incomplete])
-    wo = np.where(nan, 0.0, w[:, None])  # each observed value's weight
+        return np.concatenate([head, np.zeros(5 * d + (weights is not None))])
+    if weights is None:
+        xc = x[~incomplete]
+        mean_c = xc.mean(axis=0) if xc.shape[0] else np.zeros(d)
+        m2_c = ((xc - mean_c) ** 2).sum(axis=0)
+        wo, tail = (~nan).astype(np.float64), []
+    else:
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        total_c, mean_c, m2_c = _weighted_moments(x[~incomplete], w[~incomplete])
+        wo, tail = np.where(nan, 0.0, w[:, None]), [total_c]  # each observed value's weight
+    # observed values, weighted by wo (1.0 unweighted: exactly the unweighted sums)
     count = wo.sum(axis=0)
-    obs = np.where(nan, 0.0, x)
-    mean_o = np.divide((wo * obs).sum(axis=0), count, out=np.zeros(d), where=count > 0)
+    mean_o = np.divide((wo * np.where(nan, 0.0, x)).sum(axis=0), count, out=np.zeros(d), where=count > 0)
     m2_o = (wo * np.where(nan, 0.0, x - mean_o) ** 2).sum(axis=0)
-    return np.concatenate([head, mean_c, m2_c, count, mean_o, m2_o, [total_c]])
+    return np.concatenate([head, mean_c, m2_c, count, mean_o, m2_o, tail])
 
 
 def _aligned_weights(weights, X):
@@ -179,26 +164,15 @@ def summarize(X: da.Array, name: str = "data", nan_policy: str = "raise", weight
     bad = np.nonzero((nans > 0) | (infs > 0))[0]
     if bad.size:
         starts = np.concatenate([[0], np.cumsum(X.chunks[0])])
-        where = "; ".join(
-            f"row chunk {i} (rows {int(starts[i])}-{int(starts[i + 1]) - 1}): "
-            f"{int(nans[i])} NaN, {int(infs[i])} inf"
-            for i in bad[:5]
-        )
-        more = f"; and {bad.size - 5} more chunks" if bad.size > 5 else ""
+        where = _chunk_list(bad, starts, lambda i: f"{int(nans[i])} NaN, {int(infs[i])} inf")
         raise DataError(
             f"{name}: {int(nans.sum())} NaN and {int(infs.sum())} inf values in {bad.size} of "
-            f"{len(counts)} row chunks: {where}{more}. Remove or impute them before fitting, or set "
+            f"{len(counts)} row chunks: {where}. Remove or impute them before fitting, or set "
             "nan_policy to 'omit' or 'marginalize' for NaN (missing values)."
         )
-    n = counts.sum()
     means, m2s = rows[:, 3 : 3 + n_features], rows[:, 3 + n_features : 3 + 2 * n_features]
-    if weights is not None:
-        mean, var = _pooled(rows[:, -1], means, m2s)
-        return DataSummary(int(n), n_features, mean, var, tuple(X.chunks[0]), rows, weighted=True)
-    mean = (counts[:, None] * means).sum(axis=0) / n
-    # Chan et al.: combine per-chunk centred sums of squares
-    m2 = m2s.sum(axis=0) + (counts[:, None] * (means - mean) ** 2).sum(axis=0)
-    return DataSummary(int(n), n_features, mean, m2 / n, tuple(X.chunks[0]), rows)
+    mean, var = _pooled(counts if weights is None else rows[:, -1], means, m2s)
+    return DataSummary(int(counts.sum()), n_features, mean, var, tuple(X.chunks[0]), rows, weighted=weights is not None)
 
 
 def _summarize_missing(X: da.Array, name: str, nan_policy: str, weights=None) -> DataSummary:
