@@ -113,17 +113,23 @@ def missing_groups(mask: np.ndarray):
     """
     counts = mask.sum(axis=1)
     _check_observed(counts, mask.shape[1])
-    n_features = mask.shape[1]
     for j in np.unique(counts[counts > 0]):
         rows = np.nonzero(counts == j)[0]
         cols = np.nonzero(mask[rows])[1].reshape(-1, int(j))
-        if n_features <= 62:  # a pattern as the bits of one integer: a 1-D unique, 5x faster
-            codes = (np.int64(1) << cols.astype(np.int64)).sum(axis=1)
-            _, first, which = np.unique(codes, return_index=True, return_inverse=True)
-            patterns = cols[first]
-        else:
-            patterns, which = np.unique(cols, axis=0, return_inverse=True)
-        yield int(j), rows, cols, patterns, which.reshape(-1)
+        first, which = _unique_patterns(mask[rows])
+        yield int(j), rows, cols, cols[first], which
+
+
+def _unique_patterns(mask_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the first row of each distinct missingness pattern (U,), each row's pattern (R,)) of
+    the rows' masks (R, D); patterns in the order of their bits read as an integer."""
+    d = mask_rows.shape[1]
+    if d <= 62:  # a pattern as the bits of one integer: a 1-D unique, 5x faster
+        codes = mask_rows.astype(np.int64) @ (np.int64(1) << np.arange(d, dtype=np.int64))
+        _, first, which = np.unique(codes, return_index=True, return_inverse=True)
+    else:
+        _, first, which = np.unique(mask_rows, axis=0, return_index=True, return_inverse=True)
+    return first, which.reshape(-1)
 
 
 def _block_rows(n_components, n_features):
@@ -237,15 +243,11 @@ class _PatternTable:
 
     def __init__(self, mask_rows: np.ndarray):
         d = mask_rows.shape[1]
-        if d <= 62:  # a pattern as the bits of one integer: a 1-D unique, 5x faster
-            codes = mask_rows.astype(np.int64) @ (np.int64(1) << np.arange(d, dtype=np.int64))
-            _, first, which = np.unique(codes, return_index=True, return_inverse=True)
-        else:
-            _, first, which = np.unique(mask_rows, axis=0, return_index=True, return_inverse=True)
+        first, which = _unique_patterns(mask_rows)
         pmask = mask_rows[first]
         lengths = pmask.sum(axis=1)
         _check_observed(lengths, d)
-        self.which = np.ascontiguousarray(which.reshape(-1), dtype=np.int64)
+        self.which = np.ascontiguousarray(which, dtype=np.int64)
         self.pcols = np.ascontiguousarray(np.nonzero(pmask)[1], dtype=np.int64)
         self.poff = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         self.poff2 = np.concatenate([[0], np.cumsum(lengths**2)]).astype(np.int64)
