@@ -999,6 +999,18 @@ def mclust_models(args, X64, k, iters) -> list:
     return res
 
 
+def alternating_s_iter(what, rounds, fits) -> list[list[float]]:
+    """s/iteration of every ``(label, fit)`` of ``fits`` (``fit()`` returns :func:`fit_ours`'s
+    result), on the threaded scheduler, alternating for ``rounds`` rounds: one list per fit."""
+    out = [[] for _ in fits]
+    for r in range(rounds):
+        for (label, fit), into in zip(fits, out):
+            log(f"{what} round {r + 1}: {label}")
+            with dask.config.set(scheduler="threads"):
+                into.append(fit()["s_iter"])
+    return out
+
+
 def weighted_against_unweighted(args, X64, k, iters, rounds=3) -> dict:
     """s/iteration of a fit with sample weights against the same fit without (full, float64,
     data and weights in memory, threaded, BLAS 1 thread), alternating ``rounds`` pairs."""
@@ -1006,12 +1018,10 @@ def weighted_against_unweighted(args, X64, k, iters, rounds=3) -> dict:
     Xmem = dask_persisted(X64, args.chunk_rows)
     w = da.from_array(np.random.default_rng(SEED).uniform(0.5, 2.0, size=n), chunks=(Xmem.chunks[0],)).persist()
     init = initial_params(X64, k, "full")
-    plain, weighted = [], []
-    for r in range(rounds):
-        for label, sw, into in (("unweighted", None, plain), ("weighted", w, weighted)):
-            log(f"weights round {r + 1}: {label}")
-            with dask.config.set(scheduler="threads"):
-                into.append(fit_ours(Xmem, k, "full", init, "float64", iters, blas_threads=1, sample_weight=sw)["s_iter"])
+    plain, weighted = alternating_s_iter("weights", rounds, [
+        ("unweighted", lambda: fit_ours(Xmem, k, "full", init, "float64", iters, blas_threads=1)),
+        ("weighted", lambda: fit_ours(Xmem, k, "full", init, "float64", iters, blas_threads=1, sample_weight=w)),
+    ])
     res = {"unweighted_s_iter": statistics.median(plain), "weighted_s_iter": statistics.median(weighted),
            "rounds": rounds, "unweighted_all": plain, "weighted_all": weighted}
     res["ratio"] = res["weighted_s_iter"] / res["unweighted_s_iter"]
@@ -1040,12 +1050,10 @@ def missing_against_complete(args, X64, k, iters, rounds=3, fraction=0.1) -> dic
     Xfull, Xmiss = dask_persisted(X64, args.chunk_rows), dask_persisted(Xnan, args.chunk_rows)
     del Xnan
     init = initial_params(X64, k, "full")
-    complete, marginal = [], []
-    for r in range(rounds):
-        for label, X, into in (("complete", Xfull, complete), ("marginalize", Xmiss, marginal)):
-            log(f"missing values round {r + 1}: {label}")
-            with dask.config.set(scheduler="threads"):
-                into.append(fit_ours(X, k, "full", init, "float64", iters, blas_threads=1, nan_policy="marginalize")["s_iter"])
+    complete, marginal = alternating_s_iter("missing values", rounds, [
+        (label, lambda X=X: fit_ours(X, k, "full", init, "float64", iters, blas_threads=1, nan_policy="marginalize"))
+        for label, X in (("complete", Xfull), ("marginalize", Xmiss))
+    ])
     res = {"complete_s_iter": statistics.median(complete), "marginalize_s_iter": statistics.median(marginal),
            "rounds": rounds, "fraction_missing": fraction, "rows_incomplete": incomplete,
            "complete_all": complete, "marginalize_all": marginal}
