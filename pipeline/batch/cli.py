@@ -8,6 +8,10 @@
     gmm-pipeline predict RUN_DIR|MODEL.npz DATA.zarr OUT.zarr
     gmm-pipeline info RUN_DIR
 
+Paths may be URLs (``s3://bucket/prefix``): ``--storage-option KEY=VALUE`` sets the store's
+endpoint, region, anonymous or profile (credentials come from the environment or
+``~/.aws/credentials``, never from the command line).
+
 Failures exit non-zero with a one-line reason on stderr (``--debug`` shows the traceback):
 2 for a bad config or usage, 1 for anything else.
 """
@@ -21,7 +25,6 @@ import sys
 import time
 import traceback
 from contextlib import contextmanager
-from pathlib import Path
 
 from pipeline.exceptions import ConfigError, GMMPipelineError
 from pipeline.options import DTYPES, GENERATE_DEFAULTS, STORE_CHUNK_ROWS
@@ -38,6 +41,27 @@ def _chunk_rows(text: str):
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
     return value
+
+
+def _add_storage_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage-option", dest="storage_options", action="append", default=[], metavar="KEY=VALUE",
+                   help="for s3:// URLs: endpoint=URL, region=NAME, anonymous=true or profile=NAME (repeatable)")
+
+
+def _storage_options(args) -> dict:
+    """fsspec's options of ``--storage-option KEY=VALUE ...`` (values read as YAML scalars)."""
+    import yaml
+
+    from pipeline.exceptions import ConfigError
+    from pipeline.storage.stores import check_storage_options, fsspec_options
+
+    given = {}
+    for text in args.storage_options:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--storage-option {text}: expected KEY=VALUE, e.g. endpoint=http://127.0.0.1:9000")
+        given[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return fsspec_options(check_storage_options(given, "--storage-option"))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--separation", type=float, default=GENERATE_DEFAULTS["separation"])
     g.add_argument("--out", required=True, help="output Zarr group (X, labels, true parameters)")
     g.add_argument("--overwrite", action="store_true")
+    _add_storage_options(g)
 
     c = sub.add_parser("convert", help="convert .npy (memory-mapped) or CSV (streamed) to a Zarr array")
     c.add_argument("input")
@@ -79,10 +104,12 @@ def _parser() -> argparse.ArgumentParser:
                          "262,144 rows, at least 16 chunks), an integer, or store (the store's chunks)")
     pr.add_argument("--no-responsibilities", action="store_true")
     pr.add_argument("--overwrite", action="store_true")
+    _add_storage_options(pr)
 
     i = sub.add_parser("info", help="summary of a finished or running run")
     i.add_argument("run_dir")
     i.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_storage_options(i)
     return p
 
 
@@ -155,7 +182,7 @@ def _generate(args) -> int:
     info = generate_mixture(
         args.out, n_samples=args.n_samples, n_features=args.n_features, n_components=args.n_components,
         seed=args.seed, chunk_rows=args.chunk_rows, dtype=args.dtype, separation=args.separation,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, storage_options=_storage_options(args),
     )
     print(f"wrote {args.n_samples:,} x {args.n_features} ({args.n_components} components) to "
           f"{info.get('path', args.out)} in {time.perf_counter() - t:.1f} s")
@@ -170,8 +197,13 @@ def _convert(args) -> int:
     return 0
 
 
-def _model_path(p: str) -> Path:
-    path = Path(p)
+def _model_path(p: str, storage_options: dict):
+    """The model file of a run directory (on a store: of its published generation), or ``p``."""
+    from pipeline.storage.stores import StoreOutput, StorePath, location_of
+
+    path = location_of(p, storage_options)
+    if isinstance(path, StorePath) and not path.name.endswith(".npz"):
+        return StoreOutput(path).verified() / "model.npz"
     return path / "model.npz" if path.is_dir() else path
 
 
@@ -183,18 +215,21 @@ def _predict(args) -> int:
     from pipeline.estimators.gaussian_mixture import GaussianMixture
     from pipeline.exceptions import OutputExistsError
     from pipeline.storage.atomic import write_dir_atomically
+    from pipeline.storage.stores import location_of, metadata_last, zarr_kwargs
 
-    model = GaussianMixture.load(_model_path(args.model))
-    X = open_dataset(args.data, array=args.array, chunk_rows=args.chunk_rows)
-    out = Path(args.output).absolute()
+    options = _storage_options(args)
+    model = GaussianMixture.load(_model_path(args.model, options))
+    X = open_dataset(args.data, array=args.array, chunk_rows=args.chunk_rows, storage_options=options)
+    out = location_of(args.output, options)
     if out.exists() and not args.overwrite:
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
 
-    def write(tmp: Path) -> None:
-        zarr.open_group(tmp, mode="w")
+    def write(tmp) -> None:
+        zarr.open_group(str(tmp), mode="w", **zarr_kwargs(tmp))
         write_point_outputs(
             model, X, labels_to=(tmp, "labels"),
             responsibilities_to=None if args.no_responsibilities else (tmp, "responsibilities"),
+            hold=metadata_last(tmp),
         )
 
     write_dir_atomically(out, write, overwrite=args.overwrite)
@@ -204,9 +239,17 @@ def _predict(args) -> int:
 
 def _info(args) -> int:
     from pipeline.batch.runner import PROGRESS_NAME, staging_dir
+    from pipeline.storage.stores import StoreOutput, StorePath, location_of
 
-    d = Path(args.run_dir)
-    report = d / "report.json"
+    d = location_of(args.run_dir, _storage_options(args))
+    if isinstance(d, StorePath):  # a store: the published generation, else the one in progress
+        store = StoreOutput(d)
+        published = store.manifest() is not None
+        report = store.verified() / "report.json" if published else d / "report.json"
+        stage = None if published else store.staging()
+        progress = stage / PROGRESS_NAME if stage is not None else d / PROGRESS_NAME
+    else:
+        report, progress = d / "report.json", staging_dir(d) / PROGRESS_NAME
     if report.is_file():
         r = json.loads(report.read_text())
         if args.json:
@@ -225,7 +268,6 @@ def _info(args) -> int:
                 print(f"  candidate {c['name']}: loglik {c['loglik']:.6f} BIC {c['bic']:.6g}{icl} n_iter {c['n_iter']}")
         print(f"  total time {r['timings'].get('total_s', float('nan')):.1f} s")
         return 0
-    progress = staging_dir(d) / PROGRESS_NAME
     if progress.is_file():
         p = json.loads(progress.read_text())
         age = time.time() - p["time"]

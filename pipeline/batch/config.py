@@ -9,13 +9,16 @@ A run is described by a YAML file with six sections (every key is optional and h
                                   # ~64 MiB / <= 262,144 rows, >= 16 chunks; null = store chunks
       cache: auto                 # auto | memory | none
       generate: null              # or a mapping: make synthetic data at `path` if it is missing
+      weights: null               # or the name of a 1-D array of per-row weights in the group
+      storage_options: {}         # for s3://...: endpoint, region, anonymous, profile
     model: {n_components: 5, covariance_type: full, init_params: kmeans, n_init: 1,
             max_iter: 100, tol: 1.0e-3, reg_covar: 1.0e-6, dtype: float64, random_state: 0,
             nan_policy: raise}            # raise | omit | marginalize (NaN = missing values)
     cluster: {kind: local, n_workers: 2, threads_per_worker: 1, memory_limit: 4GiB,
               address: null, host: 127.0.0.1, dashboard: true, security: {}, jobqueue: {},
               timeout: 300}
-    output: {dir: runs/demo, overwrite: false, labels: true, responsibilities: true, plots: true}
+    output: {dir: runs/demo, overwrite: false, labels: true, responsibilities: true, plots: true,
+             storage_options: null}   # null: data.storage_options
     checkpoint: {every: 1}
 
 Conventions
@@ -24,6 +27,8 @@ Conventions
 * **Relative paths** (``data.path``, ``output.dir``) are resolved against the *current working
   directory at load time*, not against the YAML file's directory, and stored as absolute strings in
   the dataclasses and in :meth:`RunConfig.to_dict`.  URLs (``s3://...``) are kept as given.
+* ``storage_options`` never hold credentials (a key naming one is an error): they come from the
+  environment or the standard credential files (:mod:`pipeline.storage.stores`).
 * ``model.n_components`` and ``model.covariance_type`` may be lists; then the run fits every
   combination and keeps the lowest BIC (see :meth:`ModelConfig.candidates`).  Lists are stored
   as tuples; a scalar stays a scalar.  ``covariance_type: all`` is mclust's 14 models (a tuple).
@@ -66,6 +71,7 @@ from pipeline.options import (
     INIT_PARAMS,
     NAN_POLICIES,
 )
+from pipeline.storage.stores import check_storage_options
 
 __all__ = [
     "CheckpointConfig",
@@ -127,6 +133,8 @@ class DataConfig:
     cache: str = "auto"
     generate: GenerateConfig | None = None
     weights: WeightsConfig | None = None
+    #: how to reach an object store (endpoint, region, anonymous, profile; never credentials)
+    storage_options: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -185,6 +193,8 @@ class OutputConfig:
     labels: bool = True
     responsibilities: bool = True
     plots: bool = True
+    #: as data.storage_options, for output.dir; None: the same as data.storage_options
+    storage_options: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -535,6 +545,20 @@ def _memory(v, key, ctx):
         )
 
 
+def _storage_options(nullable: bool = False):
+    """``storage_options``: a mapping of endpoint/region/anonymous/profile (never credentials)."""
+
+    def check(v, key, ctx):
+        if v is None and nullable:
+            return None
+        try:
+            return check_storage_options(v, key)
+        except ConfigError as exc:
+            raise ConfigError(f"{ctx.loc(key)}: {exc}") from None
+
+    return check
+
+
 def _optional_path(v, key, ctx):
     return None if v is None else _path(v, key, ctx)
 
@@ -577,6 +601,7 @@ _SCHEMAS: dict[str, tuple[type, dict]] = {
             "cache": _choice(CACHE_MODES, nullable_as="none"),
             "generate": _generate,
             "weights": _weights,
+            "storage_options": _storage_options(),
         },
     ),
     "model": (
@@ -619,6 +644,7 @@ _SCHEMAS: dict[str, tuple[type, dict]] = {
             "labels": _bool,
             "responsibilities": _bool,
             "plots": _bool,
+            "storage_options": _storage_options(nullable=True),
         },
     ),
     "checkpoint": (CheckpointConfig, {"every": _int(0)}),

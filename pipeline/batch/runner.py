@@ -9,7 +9,11 @@ Nothing is lost:
   checked before any work starts;
 - the staging directory holds the checkpoint (every ``checkpoint.every`` EM iterations, written
   atomically): ``run(cfg, resume=True)`` continues from it after the driver was killed, and
-  refuses a checkpoint whose config or data differ from the current ones.
+  refuses a checkpoint whose config or data differ from the current ones;
+- on an object store (``output.dir: s3://...``), which cannot rename, the staging directory is a
+  new generation prefix inside ``output.dir``, published by one final write of its manifest
+  (:class:`pipeline.storage.stores.StoreOutput`); the same rules hold there.  Two runs must not
+  share a store's ``output.dir`` at once: no lock is taken there.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import os
 import shutil
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +46,7 @@ from pipeline.estimators.gaussian_mixture import GaussianMixture
 from pipeline.estimators.persistence import load_checkpoint, save_checkpoint
 from pipeline.exceptions import CheckpointError, CovarianceError, GMMPipelineError, OutputExistsError, OutputWriteError
 from pipeline.storage.atomic import atomic_write_text, publish_dir
+from pipeline.storage.stores import MANIFEST_NAME, StoreOutput, StorePath, fsspec_options, location_of, zarr_kwargs
 
 CHECKPOINT_NAME = "checkpoint.npz"
 PROGRESS_NAME = "progress.json"
@@ -54,6 +59,13 @@ logger = logging.getLogger(__name__)
 
 def staging_dir(out: Path) -> Path:
     return out.with_name(f".{out.name}.partial")
+
+
+def output_location(cfg) -> Path | StorePath:
+    """``output.dir`` as a local path or a store location; a store takes
+    ``output.storage_options``, or ``data.storage_options`` when that is null."""
+    options = cfg.output.storage_options if cfg.output.storage_options is not None else cfg.data.storage_options
+    return location_of(cfg.output.dir, fsspec_options(options))
 
 
 def candidate_name(k: int, covariance_type: str) -> str:
@@ -75,6 +87,8 @@ class RunResult:
 
 def config_fingerprint(cfg) -> dict:
     d = cfg.to_dict()
+    # how the data is reached is not what it is (its content is fingerprinted)
+    d["data"] = {k: v for k, v in d["data"].items() if k != "storage_options"}
     if d.get("model", {}).get("nan_policy") == "raise":  # the default: as checkpoints written before the key
         d["model"] = {k: v for k, v in d["model"].items() if k != "nan_policy"}
     return {k: v for k, v in d.items() if k not in _RESUME_IGNORES}
@@ -117,8 +131,11 @@ def _differences(a, b, prefix="") -> list[str]:
 
 
 def check_output_dir(cfg, resume: bool) -> tuple[Path, Path]:
-    """Refuse, before any work, a run that would lose an earlier run's results."""
-    out = Path(cfg.output.dir)
+    """Refuse, before any work, a run that would lose an earlier run's results; returns the
+    output location and the staging one (on a store: the generation to resume, or None)."""
+    out = output_location(cfg)
+    if isinstance(out, StorePath):
+        return _check_store_output(cfg, out, resume)
     stage = staging_dir(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output.dir {out} exists and is a file")
@@ -139,6 +156,27 @@ def check_output_dir(cfg, resume: bool) -> tuple[Path, Path]:
     return out, stage
 
 
+def _check_store_output(cfg, out: StorePath, resume: bool) -> tuple[StorePath, StorePath | None]:
+    """:func:`check_output_dir` on an object store: a published manifest is an earlier run's
+    results; a staging generation with a checkpoint is an interrupted run."""
+    store = StoreOutput(out)
+    if store.manifest() is not None and not cfg.output.overwrite:
+        raise OutputExistsError(
+            f"output.dir {out} already holds an earlier run's results (published by {out / MANIFEST_NAME}); "
+            "set output.overwrite: true (or --set output.overwrite=true) to replace them, or choose another output.dir"
+        )
+    stage = store.staging()
+    interrupted = stage is not None and (stage / CHECKPOINT_NAME).is_file()
+    if resume and not interrupted:
+        raise CheckpointError(f"--resume: no checkpoint of an interrupted run at {out}; run without --resume")
+    if not resume and interrupted and not cfg.output.overwrite:
+        raise OutputExistsError(
+            f"an interrupted run left a checkpoint at {stage}; pass --resume to continue it, or set "
+            "output.overwrite: true to discard it and start again"
+        )
+    return out, stage if resume else None
+
+
 def run(cfg, resume: bool = False, client=None, debug: bool = False) -> RunResult:
     """Execute the run described by ``cfg``; returns the outputs' location and the report.
 
@@ -147,7 +185,7 @@ def run(cfg, resume: bool = False, client=None, debug: bool = False) -> RunResul
     tasks' tracebacks (:class:`pipeline.batch.cluster.QuietTaskErrors`): the error is raised
     here, once."""
     t0 = time.perf_counter()
-    out = Path(cfg.output.dir)
+    out = output_location(cfg)
     try:
         with run_lock(out):
             return _run_locked(cfg, resume, client, t0, debug)
@@ -164,6 +202,8 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 def _is_output_failure(exc: OSError, out: Path) -> bool:
     """Whether ``exc`` is a failure to write the run's outputs (its staging, lock or results),
     not, say, to read the data."""
+    if isinstance(out, StorePath):
+        return False  # the run's own errors of a store name their keys
     if exc.errno in _WRITE_ERRNOS:
         return True
     if exc.errno in (errno.EACCES, errno.EPERM) and exc.filename:
@@ -200,7 +240,11 @@ def _output_write_error(exc: OSError, out: Path) -> OutputWriteError:
 @contextmanager
 def run_lock(out: Path):
     """An exclusive lock on ``out`` (a hidden file beside it), held for the whole run, so two
-    runs never share a staging directory.  The kernel releases it if the process dies."""
+    runs never share a staging directory.  The kernel releases it if the process dies.  None on
+    an object store (see the module's docstring)."""
+    if isinstance(out, StorePath):
+        yield
+        return
     out.parent.mkdir(parents=True, exist_ok=True)
     path = out.with_name(f".{out.name}.lock")
     with open(path, "a+") as f:
@@ -317,6 +361,9 @@ def _prepare_stage(ctx: RunContext, resume: bool) -> ResumeState:
     """The staging directory, ready: resumed from its checkpoint, or emptied for a fresh run."""
     if resume:
         resumed = _load_resume_state(ctx)
+    elif isinstance(ctx.out, StorePath):
+        ctx.stage = StoreOutput(ctx.out).new_staging()
+        resumed = ResumeState()
     else:
         if ctx.stage.exists():
             shutil.rmtree(ctx.stage)
@@ -447,7 +494,8 @@ def _select_and_publish(ctx: RunContext, X, results: list[dict], client) -> RunR
     if ctx.cfg.output.plots:
         _write_plots_unless_missing(ctx.stage, model, X, results, best)
     _publish(ctx)
-    logger.info(f"outputs: {ctx.out}")
+    logger.info(f"outputs: {ctx.out}" + (f" (generation {ctx.stage.name}, published by its manifest)"
+                                         if isinstance(ctx.out, StorePath) else ""))
     return RunResult(ctx.out, report, model, results)
 
 
@@ -461,6 +509,9 @@ def _write_plots_unless_missing(stage: Path, model, X, results, best) -> None:
 def _publish(ctx: RunContext) -> None:
     """Publish with the checkpoint still inside: until the rename, a crash leaves a resumable run;
     an output.dir that appeared meanwhile is only replaced with overwrite: true."""
+    if isinstance(ctx.out, StorePath):
+        StoreOutput(ctx.out).publish(ctx.stage, leave_out=(CHECKPOINT_NAME, PROGRESS_NAME))
+        return
     publish_dir(ctx.stage, ctx.out, overwrite=ctx.cfg.output.overwrite)
     (ctx.out / CHECKPOINT_NAME).unlink(missing_ok=True)
     (ctx.out / PROGRESS_NAME).unlink(missing_ok=True)
@@ -511,14 +562,15 @@ def _write_point_outputs(cfg, model, X, stage):
                                              ("responsibilities.zarr", cfg.output.responsibilities)) if on))
 
 
-def write_point_outputs(model, X, labels_to=None, responsibilities_to=None) -> None:
+def write_point_outputs(model, X, labels_to=None, responsibilities_to=None, hold=None) -> None:
     """Write labels (int32, N) and/or responsibilities (float32, N x K) of X's rows to Zarr
     (-1 and NaN for rows a ``nan_policy="omit"`` model left out).
 
     Each target is ``(path, component)`` (component None: an array at ``path``; else an array of
     that name in the group at ``path``).  Both come from one graph (labels are the argmax of the
     responsibilities), so the data is read once; the workers write their own chunks, with X's
-    row chunks.
+    row chunks.  ``hold``: a context manager entered once the arrays exist, around the writing
+    of their chunks (:func:`pipeline.storage.stores.metadata_last` for a group on a store).
     """
     proba = model.predict_proba(X)
     rows = proba.chunks[0]
@@ -527,10 +579,14 @@ def write_point_outputs(model, X, labels_to=None, responsibilities_to=None) -> N
     targets = []
     if responsibilities_to is not None:
         path, component = responsibilities_to
-        targets.append(da.to_zarr(proba.astype(np.float32), str(path), component=component, compute=False, overwrite=True))
+        targets.append(da.to_zarr(proba.astype(np.float32), str(path), component=component, compute=False,
+                                  overwrite=True, **zarr_kwargs(path)))
     if labels_to is not None:
         path, component = labels_to
         # rows left out under nan_policy="omit" have NaN responsibilities: label -1, as predict()
         labels = da.where(da.isnan(proba[:, 0]), -1, proba.argmax(axis=1)).astype(np.int32)
-        targets.append(da.to_zarr(labels, str(path), component=component, compute=False, overwrite=True))
-    dask.compute(*targets)
+        targets.append(da.to_zarr(labels, str(path), component=component, compute=False, overwrite=True,
+                                  **zarr_kwargs(path)))
+    with hold if hold is not None else nullcontext():
+        dask.compute(*targets)
+

@@ -8,7 +8,6 @@ the machine, and a 50 GB data set needs only one chunk of memory.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +15,8 @@ import zarr
 
 from pipeline.exceptions import OutputExistsError
 from pipeline.options import GENERATE_DEFAULTS
-from pipeline.storage.atomic import location, write_dir_atomically
+from pipeline.storage.atomic import write_dir_atomically
+from pipeline.storage.stores import location_of, metadata_last, zarr_kwargs
 
 #: parameters of :func:`generate_mixture` come from this stream, independent of every chunk's
 _PARAMS_SPAWN_KEY = (1,)
@@ -69,6 +69,7 @@ def generate_mixture(
     dtype: str = GENERATE_DEFAULTS["dtype"],
     separation: float = GENERATE_DEFAULTS["separation"],
     overwrite: bool = False,
+    storage_options: dict | None = None,
 ) -> dict[str, Any]:
     """Write a synthetic Gaussian mixture to a new Zarr v3 group at ``out_path``.
 
@@ -78,7 +79,8 @@ def generate_mixture(
     the group attributes record the generator's arguments.  Chunk ``i`` is drawn from
     ``np.random.default_rng([seed, i])`` and written before the next is made, so memory is one
     chunk; the result is reproducible given ``(seed, chunk_rows)``.  Written to a temporary
-    sibling and renamed into place.
+    sibling and renamed into place; on an object store (``out_path`` a URL, with fsspec's
+    ``storage_options``) written in place, the group's root metadata last.
 
     Returns
     -------
@@ -89,7 +91,7 @@ def generate_mixture(
     ------
     OutputExistsError if ``out_path`` exists and ``overwrite`` is False; ValueError for bad sizes.
     """
-    final = Path(location(out_path))
+    final = location_of(out_path, storage_options)
     for name, v in (("n_samples", n_samples), ("n_features", n_features),
                     ("n_components", n_components), ("chunk_rows", chunk_rows)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -115,19 +117,20 @@ def generate_mixture(
         "dtype": dtype.name,
     }
 
-    def write(tmp: Path) -> None:
-        group = zarr.open_group(tmp, mode="w-", zarr_format=3, attributes=attrs)
+    def write(tmp) -> None:
+        group = zarr.open_group(str(tmp), mode="w-", zarr_format=3, attributes=attrs, **zarr_kwargs(tmp))
         X = group.create_array("X", shape=(n_samples, n_features),
                                chunks=(min(chunk_rows, n_samples), n_features), dtype=dtype)
         labels = group.create_array("labels", shape=(n_samples,),
                                     chunks=(min(chunk_rows, n_samples),), dtype=np.int32)
         for name, value in params.items():
             group.create_array(name, data=value)
-        for i, start in enumerate(range(0, n_samples, chunk_rows)):
-            stop = min(start + chunk_rows, n_samples)
-            x, lab = _mixture_chunk(params, stop - start, np.random.default_rng([seed, i]), dtype)
-            X[start:stop] = x
-            labels[start:stop] = lab
+        with metadata_last(tmp):
+            for i, start in enumerate(range(0, n_samples, chunk_rows)):
+                stop = min(start + chunk_rows, n_samples)
+                x, lab = _mixture_chunk(params, stop - start, np.random.default_rng([seed, i]), dtype)
+                X[start:stop] = x
+                labels[start:stop] = lab
 
     write_dir_atomically(final, write, overwrite=overwrite)
     return {**params, **{k: v for k, v in attrs.items() if k != "generator"}, "path": str(final)}

@@ -29,13 +29,15 @@ from pipeline.data.chunking import resolve_chunk_rows
 from pipeline.data.synthetic import generate_mixture
 from pipeline.exceptions import DataError, OutputExistsError
 from pipeline.storage.atomic import location, tmp_sibling, write_dir_atomically
+from pipeline.storage.stores import fsspec_options, is_url, location_of
 
 #: dtype kinds accepted as data: signed/unsigned integers and floats
 _NUMERIC_KINDS = "iuf"
 
 
 def open_dataset(
-    path: str | os.PathLike, array: str | None = None, chunk_rows: int | str | None = None
+    path: str | os.PathLike, array: str | None = None, chunk_rows: int | str | None = None,
+    storage_options: dict | None = None,
 ) -> da.Array:
     """Lazily open a 2-D numeric Zarr (v2 or v3) array as a Dask array.
 
@@ -47,6 +49,9 @@ def open_dataset(
     chunk_rows : rows per Dask chunk; None keeps the store's row chunks (its shards if sharded);
         "auto" takes whole stored chunks (inner chunks if sharded) adding up to about 64 MiB and
         at most 262,144 rows, at least 16 Dask chunks of >= 1 MiB (:func:`pipeline.data.chunking.auto_chunk_rows`).
+    storage_options : for a URL (``s3://bucket/x.zarr``), fsspec's options, as Dask's
+        ``from_zarr`` takes them (e.g. ``{"endpoint_url": ...}``; credentials come from the
+        environment, see :mod:`pipeline.storage.stores`).
 
     Returns
     -------
@@ -59,7 +64,7 @@ def open_dataset(
         The path is missing or not Zarr, the array is not found, not 2-D, not numeric
         (bool, complex, strings, objects) or has zero rows or columns.
     """
-    where, node = _open_node(path)
+    where, node = _open_node(path, storage_options)
     name, z, label = _resolve_array(node, array, where)
     check_shape_dtype(z.shape, z.dtype, label)
     rows = _dask_chunk_rows(z, chunk_rows, label)
@@ -102,18 +107,24 @@ class NamedChunks:
         return f"{self.label}: cannot read rows {start}-{stop - 1} ({chunks}, {files}): {reason}"
 
 
-def _open_node(path: str | os.PathLike) -> tuple[str, Any]:
+def _open_node(path: str | os.PathLike, storage_options: dict | None = None) -> tuple[str, Any]:
     """(absolute location, the Zarr array or group there); DataError if missing or not Zarr."""
     where = location(path)
-    if "://" not in where and not os.path.exists(where):
+    if not is_url(where) and not os.path.exists(where):
         raise DataError(
             f"data path {where} does not exist; set data.generate in the config to create "
             f"synthetic demo data there, or convert a .npy/.csv file with gmm-pipeline convert"
         )
+    kw = {"storage_options": storage_options or {}} if is_url(where) else {}
     try:
-        return where, zarr.open(where, mode="r")
+        return where, zarr.open(where, mode="r", **kw)
     except (FileNotFoundError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{where} is not a Zarr array or group: {exc}") from exc
+        missing = is_url(where) and isinstance(exc, FileNotFoundError)
+        raise DataError(f"{where} does not exist (no Zarr array or group there)" if missing
+                        else f"{where} is not a Zarr array or group: {exc}") from exc
+    except PermissionError as exc:
+        raise DataError(f"{where}: access denied ({exc}); check the credentials in the environment "
+                        "or ~/.aws/credentials") from exc
 
 
 def _resolve_array(node, array: str | None, where: str) -> tuple[str | None, zarr.Array, str]:
@@ -144,7 +155,8 @@ def dataset_from_config(data: Any) -> da.Array:
     ``data`` is a :class:`pipeline.batch.config.DataConfig`; when ``data.generate`` is set and
     ``data.path`` does not exist, :func:`generate_mixture` creates it there.
     """
-    if data.generate is not None and not os.path.exists(location(data.path)):
+    options = fsspec_options(data.storage_options)
+    if data.generate is not None and not _exists(data.path, options):
         g = data.generate
         generate_mixture(
             data.path,
@@ -155,8 +167,13 @@ def dataset_from_config(data: Any) -> da.Array:
             chunk_rows=g.chunk_rows,
             dtype=g.dtype,
             separation=g.separation,
+            storage_options=options,
         )
-    return open_dataset(data.path, array=data.array, chunk_rows=data.chunk_rows)
+    return open_dataset(data.path, array=data.array, chunk_rows=data.chunk_rows, storage_options=options)
+
+
+def _exists(path: str, storage_options: dict) -> bool:
+    return location_of(path, storage_options).exists()
 
 
 def weights_from_config(data: Any, n_rows: int) -> da.Array | None:
@@ -167,7 +184,8 @@ def weights_from_config(data: Any, n_rows: int) -> da.Array | None:
     w = data.weights
     if w is None:
         return None
-    where, node = _open_node(data.path if w.path is None else w.path)
+    options = fsspec_options(data.storage_options)
+    where, node = _open_node(data.path if w.path is None else w.path, options)
     if isinstance(node, zarr.Group):
         arrays = {n: a for n, a in node.arrays()}
         one_d = [n for n, a in arrays.items() if a.ndim == 1]
@@ -190,7 +208,7 @@ def weights_from_config(data: Any, n_rows: int) -> da.Array | None:
         raise DataError(f"{label}: expected a 1-D numeric array of one weight per row, got shape {z.shape} {z.dtype}")
     if z.shape[0] != n_rows:
         raise DataError(f"{label}: {z.shape[0]} weights for {n_rows} rows of {data.path}")
-    return da.from_zarr(where, component=name)
+    return da.from_zarr(where, component=name, **({"storage_options": options} if is_url(where) else {}))
 
 
 def _pick_array(group: zarr.Group, array: str | None, where: str) -> str:

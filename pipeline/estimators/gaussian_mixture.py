@@ -28,6 +28,7 @@ from pipeline.estimators.base import BaseMixture
 from pipeline.exceptions import DataError
 from pipeline.families import COVARIANCE_TYPES, get_family, to_family_form
 from pipeline.options import CACHE_MODES, DTYPES, INIT_PARAMS, NAN_POLICIES, check_chunk_rows
+from pipeline.storage.stores import location_of
 
 
 class GaussianMixture(BaseMixture):
@@ -312,15 +313,17 @@ class GaussianMixture(BaseMixture):
         return np.vstack(xs), y
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path):
-        """Write the fitted model to ``path`` (.npz + JSON metadata, checksummed), atomically."""
+    def save(self, path, storage_options=None):
+        """Write the fitted model to ``path`` (.npz + JSON metadata, checksummed), atomically.
+        ``path`` may be a URL (``s3://bucket/model.npz``, one PUT) with fsspec's ``storage_options``."""
         self._params()
-        return persistence.save_model(self, path)
+        return persistence.save_model(self, location_of(path, storage_options))
 
     @classmethod
-    def load(cls, path):
-        """Read a model written by :meth:`save`; raises ModelFileError if damaged or foreign."""
-        return persistence.load_model(cls, path)
+    def load(cls, path, storage_options=None):
+        """Read a model written by :meth:`save` (a path, or a URL with fsspec's
+        ``storage_options``); raises ModelFileError if damaged or foreign."""
+        return persistence.load_model(cls, location_of(path, storage_options))
 
 
 __all__ = ["GaussianMixture"]

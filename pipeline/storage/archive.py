@@ -40,18 +40,21 @@ def write_archive(path: str | os.PathLike, arrays: dict, meta: dict, kind: str, 
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def read_archive(path: str | os.PathLike, kind: str, version: int, error=DataError) -> tuple[dict, dict]:
+def read_archive(path, kind: str, version: int, error=DataError) -> tuple[dict, dict]:
     """Read an archive written by :func:`write_archive`: returns (arrays, meta).
 
+    ``path`` is a local path or a :class:`~pipeline.storage.stores.StorePath`.
     Raises ``error`` (a subclass of Exception taking a message) naming the file when it is
     missing, not an archive, truncated, of another kind or version, or an array does not match
     its checksum.
     """
-    path = Path(path)
+    from pipeline.storage.stores import StorePath
+
+    path = path if isinstance(path, StorePath) else Path(path)
     if not path.is_file():
         raise error(f"{path} does not exist")
     try:
-        z = np.load(path, allow_pickle=False)
+        z = np.load(io.BytesIO(path.read_bytes()) if isinstance(path, StorePath) else path, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):
             raise ValueError("a single .npy array, not a .npz archive")
         with z:

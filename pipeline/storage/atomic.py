@@ -5,7 +5,9 @@ Every writer publishes atomically: it writes to a hidden temporary sibling
 reader never sees a half-written file or store; a crash leaves only a ``.tmp-`` sibling behind.
 Files are fsync'ed before the rename; directories (Zarr stores) are renamed without fsync of
 every chunk.  When a directory is replaced, the old one is moved aside, the new one renamed in,
-then the old one deleted.  Writers need a POSIX filesystem path (no URLs).
+then the old one deleted.  On an object store (a :class:`pipeline.storage.stores.StorePath`)
+writing a file is one PUT, which S3 makes atomic; publishing a directory there takes a manifest
+(:class:`pipeline.storage.stores.StoreOutput`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,12 @@ def tmp_sibling(final: Path, tag: str | None = None) -> Path:
 
 def write_dir_atomically(final: Path, write, overwrite: bool, tmp: Path | None = None) -> None:
     """Run ``write(tmp)`` on a temporary directory path (by default a hidden sibling of
-    ``final``), then rename it to ``final``; on any failure the temporary one is removed."""
+    ``final``), then rename it to ``final``; on any failure the temporary one is removed.  On a
+    store (a :class:`~pipeline.storage.stores.StorePath`): :func:`~pipeline.storage.stores.write_on_store`."""
+    from pipeline.storage.stores import StorePath, write_on_store
+
+    if isinstance(final, StorePath):
+        return write_on_store(final, write, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_sibling(final) if tmp is None else tmp
     try:
@@ -67,12 +74,18 @@ def publish_dir(tmp: Path, final: Path, overwrite: bool) -> None:
         old.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+def atomic_write_bytes(path, data: bytes):
     """Write ``data`` to ``path`` atomically: temp file in the same dir, fsync, ``os.replace``.
 
     Parent directories are created.  An existing file keeps its permission bits; a new one
-    gets 0o644.  Returns the absolute path.
+    gets 0o644.  Returns the absolute path.  A :class:`~pipeline.storage.stores.StorePath` is
+    written by one PUT (atomic on S3) and returned.
     """
+    from pipeline.storage.stores import StorePath
+
+    if isinstance(path, StorePath):
+        path.write_bytes(data)
+        return path
     final = Path(location(path))
     final.parent.mkdir(parents=True, exist_ok=True)
     mode = final.stat().st_mode & 0o7777 if final.exists() else 0o644
@@ -91,7 +104,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return final
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+def atomic_write_text(path, text: str, encoding: str = "utf-8"):
     """:func:`atomic_write_bytes` of ``text`` encoded with ``encoding``."""
     return atomic_write_bytes(path, text.encode(encoding))
 
