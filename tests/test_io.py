@@ -346,9 +346,9 @@ def test_convert_bad_csv_value_names_the_line(tmp_path):
 
 
 def test_convert_rejects_unknown_extension_and_existing_output(tmp_path):
-    (tmp_path / "x.parquet").write_bytes(b"PAR1")
-    with pytest.raises(DataError, match=r"'\.parquet'.*\.npy"):
-        convert(tmp_path / "x.parquet", tmp_path / "x.zarr")
+    (tmp_path / "x.xlsx").write_bytes(b"PK")
+    with pytest.raises(DataError, match=r"'\.xlsx'.*\.npy.*\.parquet"):
+        convert(tmp_path / "x.xlsx", tmp_path / "x.zarr")
     np.save(tmp_path / "x.npy", np.ones((2, 2)))
     (tmp_path / "x.zarr").mkdir()
     with pytest.raises(OutputExistsError, match=r"x\.zarr"):

@@ -4,7 +4,7 @@
 
     gmm-pipeline run CONFIG [--set KEY=VALUE ...] [--resume]
     gmm-pipeline generate --n-samples N --n-features D --n-components K --out X.zarr
-    gmm-pipeline convert IN.npy|IN.csv OUT.zarr
+    gmm-pipeline convert IN.npy|IN.parquet|IN.csv OUT.zarr [--columns A,B,C] [--weights COL]
     gmm-pipeline predict RUN_DIR|MODEL.npz DATA.zarr OUT.zarr
     gmm-pipeline info RUN_DIR
 
@@ -88,10 +88,16 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true")
     _add_storage_options(g)
 
-    c = sub.add_parser("convert", help="convert .npy (memory-mapped) or CSV (streamed) to a Zarr array")
-    c.add_argument("input")
-    c.add_argument("output")
+    c = sub.add_parser("convert", help="convert .npy (memory-mapped), Parquet or CSV (streamed) to Zarr")
+    c.add_argument("input", help=".npy, .parquet, or delimited text .csv/.tsv/.txt (header optional)")
+    c.add_argument("output", help="the Zarr array to write; with --weights a Zarr group of the arrays X and w")
     c.add_argument("--chunk-rows", type=int, default=STORE_CHUNK_ROWS)
+    c.add_argument("--columns", type=lambda text: [name.strip() for name in text.split(",")], metavar="A,B,C",
+                   help="Parquet/CSV: the columns of X, in this order, by name (or 0-based number; a CSV "
+                        "without a header has only numbers); default: all but --weights")
+    c.add_argument("--weights", metavar="COLUMN",
+                   help="Parquet/CSV: store this column as the 1-D float64 array w beside X, "
+                        "for the run config's data.weights: w")
     c.add_argument("--overwrite", action="store_true")
 
     pr = sub.add_parser("predict", help="labels and responsibilities of new data with a saved model")
@@ -192,8 +198,10 @@ def _generate(args) -> int:
 def _convert(args) -> int:
     from pipeline.data.convert import convert
 
-    shape = convert(args.input, args.output, chunk_rows=args.chunk_rows, overwrite=args.overwrite)
-    print(f"wrote {shape[0]:,} x {shape[1]} to {args.output}")
+    shape = convert(args.input, args.output, chunk_rows=args.chunk_rows, overwrite=args.overwrite,
+                    columns=args.columns, weights=args.weights)
+    weights = "" if args.weights is None else f" as X, and column {args.weights!r} as the weights w"
+    print(f"wrote {shape[0]:,} x {shape[1]} to {args.output}{weights}")
     return 0
 
 
