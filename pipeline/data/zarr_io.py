@@ -113,7 +113,7 @@ def _open_node(path: str | os.PathLike, storage_options: dict | None = None) -> 
     if not is_url(where) and not os.path.exists(where):
         raise DataError(
             f"data path {where} does not exist; set data.generate in the config to create "
-            f"synthetic demo data there, or convert a .npy/.csv file with gmm-pipeline convert"
+            f"synthetic demo data there, or convert a .npy/.parquet/.csv file with gmm-pipeline convert"
         )
     kw = {"storage_options": storage_options or {}} if is_url(where) else {}
     try:
