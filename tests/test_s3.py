@@ -296,6 +296,36 @@ def test_data_written_to_the_store_is_invisible_until_complete_and_removed_on_fa
     np.testing.assert_array_equal(zarr.open_group(url, mode="r", storage_options=so)["X"][:100], local)
 
 
+def test_convert_writes_parquet_to_the_store_and_a_failed_conversion_leaves_nothing(tmp_path, bucket):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    import zarr
+
+    from pipeline.data.zarr_io import open_dataset
+
+    fs, name = bucket
+    rng = np.random.default_rng(3)
+    X, w = rng.normal(size=(2500, 3)), rng.uniform(0.5, 2, size=2500)
+    table = pa.table({"a": X[:, 0], "b": X[:, 1], "c": X[:, 2], "w": w})
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=700)
+    opt = ["--storage-option", f"endpoint={fs.endpoint_url}"]
+    r = subprocess.run([*CLI, "convert", tmp_path / "t.parquet", f"s3://{name}/t.zarr", "--weights", "w",
+                        "--chunk-rows", "1000", *opt], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    so = {"endpoint_url": fs.endpoint_url}
+    np.testing.assert_array_equal(open_dataset(f"s3://{name}/t.zarr", storage_options=so).compute(), X)
+    np.testing.assert_array_equal(zarr.open_group(f"s3://{name}/t.zarr", mode="r", storage_options=so)["w"][:], w)
+
+    w_bad = pa.array(np.where(np.arange(2500) == 2100, np.nan, w), mask=np.arange(2500) == 2100)
+    pq.write_table(table.set_column(3, "w", w_bad), tmp_path / "bad.parquet", row_group_size=700)
+    bad = subprocess.run([*CLI, "convert", tmp_path / "bad.parquet", f"s3://{name}/bad.zarr", "--weights", "w",
+                          "--chunk-rows", "1000", *opt], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "row group 3" in bad.stderr and "null weight" in bad.stderr, bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    fs.invalidate_cache()
+    assert not fs.find(f"{name}/bad.zarr")  # the chunks written before the failure were removed
+
+
 def test_storage_options_refuse_credentials_and_unknown_keys(tmp_path):
     from pipeline.batch.config import config_from_dict
     from pipeline.exceptions import ConfigError

@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="Parquet/CSV: store this column as the 1-D float64 array w beside X, "
                         "for the run config's data.weights: w")
     c.add_argument("--overwrite", action="store_true")
+    _add_storage_options(c)
 
     pr = sub.add_parser("predict", help="labels and responsibilities of new data with a saved model")
     pr.add_argument("model", help="a run directory or a model .npz")
@@ -199,7 +200,7 @@ def _convert(args) -> int:
     from pipeline.data.convert import convert
 
     shape = convert(args.input, args.output, chunk_rows=args.chunk_rows, overwrite=args.overwrite,
-                    columns=args.columns, weights=args.weights)
+                    columns=args.columns, weights=args.weights, storage_options=_storage_options(args))
     weights = "" if args.weights is None else f" as X, and column {args.weights!r} as the weights w"
     print(f"wrote {shape[0]:,} x {shape[1]} to {args.output}{weights}")
     return 0

@@ -33,6 +33,7 @@ from pipeline.data.zarr_io import check_shape_dtype
 from pipeline.exceptions import DataError, OutputExistsError
 from pipeline.options import STORE_CHUNK_ROWS
 from pipeline.storage.atomic import location, write_dir_atomically
+from pipeline.storage.stores import location_of, zarr_destination
 
 #: bytes of values per Parquet batch, and of text per CSV block
 BATCH_BYTES = 4 << 20
@@ -59,6 +60,7 @@ def convert(
     overwrite: bool = False,
     columns: Sequence[str | int] | None = None,
     weights: str | int | None = None,
+    storage_options: dict | None = None,
 ) -> tuple[int, int]:
     """Copy a ``.npy``, ``.parquet`` or ``.csv``/``.tsv``/``.txt`` file into new Zarr v3 storage.
 
@@ -81,6 +83,8 @@ def convert(
 
     Arrays are chunked ``(chunk_rows, n_features)`` (``w``: ``(chunk_rows,)``), written to a
     temporary sibling and renamed to ``out_path``; :func:`open_dataset` opens the result directly.
+    ``out_path`` may be a URL (``s3://bucket/x.zarr``, with fsspec's ``storage_options``): the
+    Zarr is written in place there, its metadata last (:func:`pipeline.storage.stores.zarr_destination`).
 
     Returns
     -------
@@ -94,7 +98,7 @@ def convert(
     OutputExistsError if ``out_path`` exists and ``overwrite`` is False.
     """
     src = Path(location(in_path))
-    final = Path(location(out_path))
+    final = location_of(out_path, storage_options)
     if not src.exists():
         raise DataError(f"{src} does not exist")
     if chunk_rows < 1:
@@ -133,12 +137,13 @@ def _npy_writer(src: Path, chunk_rows: int, dtype: str | None):
     check_shape_dtype(arr.shape, arr.dtype, str(src))
     out_dtype = np.dtype(dtype) if dtype is not None else arr.dtype
 
-    def write(tmp: Path) -> None:
-        z = zarr.create_array(tmp, shape=arr.shape, dtype=out_dtype, zarr_format=3,
-                              chunks=(min(chunk_rows, arr.shape[0]), arr.shape[1]))
-        for start in range(0, arr.shape[0], chunk_rows):
-            stop = min(start + chunk_rows, arr.shape[0])
-            z[start:stop] = np.asarray(arr[start:stop], dtype=out_dtype)
+    def write(tmp) -> None:
+        with zarr_destination(tmp) as store:
+            z = zarr.create_array(store, shape=arr.shape, dtype=out_dtype, zarr_format=3,
+                                  chunks=(min(chunk_rows, arr.shape[0]), arr.shape[1]))
+            for start in range(0, arr.shape[0], chunk_rows):
+                stop = min(start + chunk_rows, arr.shape[0])
+                z[start:stop] = np.asarray(arr[start:stop], dtype=out_dtype)
 
     return write, lambda: tuple(arr.shape)
 
@@ -151,23 +156,24 @@ def _table_writer(src: Path, source: _Source, chunk_rows: int, dtype: np.dtype, 
     ``tmp``, or as the arrays ``X`` and ``w`` of the group ``tmp`` when ``weighted``."""
     shape = [0, source.n_features]
 
-    def write(tmp: Path) -> None:
+    def write(tmp) -> None:
         attributes = {"columns": source.names} if source.names is not None else None
         spec = dict(shape=(0, source.n_features), dtype=dtype, chunks=(chunk_rows, source.n_features),
                     attributes=attributes)
-        if weighted:
-            group = zarr.open_group(tmp, mode="w", zarr_format=3)
-            X = group.create_array("X", **spec)
-            w = group.create_array("w", shape=(0,), dtype=np.float64, chunks=(chunk_rows,))
-        else:
-            X, w = zarr.create_array(tmp, zarr_format=3, **spec), None
-        out = _ChunkWriter(X, w, chunk_rows)
-        for x_rows, w_rows in source.batches():
-            out.add(x_rows, w_rows)
-        out.close()
-        if X.shape[0] == 0:
-            only = "" if source.header_line is None else f" (only its header, line {source.header_line})"
-            raise DataError(f"{src}: the file has no data rows{only}")
+        with zarr_destination(tmp) as store:
+            if weighted:
+                group = zarr.open_group(store, mode="w", zarr_format=3)
+                X = group.create_array("X", **spec)
+                w = group.create_array("w", shape=(0,), dtype=np.float64, chunks=(chunk_rows,))
+            else:
+                X, w = zarr.create_array(store, zarr_format=3, **spec), None
+            out = _ChunkWriter(X, w, chunk_rows)
+            for x_rows, w_rows in source.batches():
+                out.add(x_rows, w_rows)
+            out.close()
+            if X.shape[0] == 0:
+                only = "" if source.header_line is None else f" (only its header, line {source.header_line})"
+                raise DataError(f"{src}: the file has no data rows{only}")
         shape[0] = X.shape[0]
 
     return write, lambda: tuple(shape)

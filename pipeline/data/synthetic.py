@@ -16,7 +16,7 @@ import zarr
 from pipeline.exceptions import OutputExistsError
 from pipeline.options import GENERATE_DEFAULTS
 from pipeline.storage.atomic import write_dir_atomically
-from pipeline.storage.stores import location_of, metadata_last, zarr_kwargs
+from pipeline.storage.stores import location_of, zarr_destination
 
 #: parameters of :func:`generate_mixture` come from this stream, independent of every chunk's
 _PARAMS_SPAWN_KEY = (1,)
@@ -118,14 +118,14 @@ def generate_mixture(
     }
 
     def write(tmp) -> None:
-        group = zarr.open_group(str(tmp), mode="w-", zarr_format=3, attributes=attrs, **zarr_kwargs(tmp))
-        X = group.create_array("X", shape=(n_samples, n_features),
-                               chunks=(min(chunk_rows, n_samples), n_features), dtype=dtype)
-        labels = group.create_array("labels", shape=(n_samples,),
-                                    chunks=(min(chunk_rows, n_samples),), dtype=np.int32)
-        for name, value in params.items():
-            group.create_array(name, data=value)
-        with metadata_last(tmp):
+        with zarr_destination(tmp) as store:
+            group = zarr.open_group(store, mode="w-", zarr_format=3, attributes=attrs)
+            X = group.create_array("X", shape=(n_samples, n_features),
+                                   chunks=(min(chunk_rows, n_samples), n_features), dtype=dtype)
+            labels = group.create_array("labels", shape=(n_samples,),
+                                        chunks=(min(chunk_rows, n_samples),), dtype=np.int32)
+            for name, value in params.items():
+                group.create_array(name, data=value)
             for i, start in enumerate(range(0, n_samples, chunk_rows)):
                 stop = min(start + chunk_rows, n_samples)
                 x, lab = _mixture_chunk(params, stop - start, np.random.default_rng([seed, i]), dtype)

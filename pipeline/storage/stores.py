@@ -326,3 +326,71 @@ def write_on_store(final: StorePath, write, overwrite: bool) -> None:
     except BaseException:
         final.rmtree()
         raise
+
+
+def held_metadata_store(target: StorePath):
+    """A Zarr store over ``target`` that keeps every metadata document (``zarr.json``) in memory
+    until its ``publish()``, which writes them, the root last: a writer that resizes as it goes
+    (appends rewrite the metadata) still never shows a half-written Zarr on a store without
+    rename.  Chunks go straight to the store."""
+    from zarr.abc.store import ByteRequest
+    from zarr.core.buffer import Buffer, BufferPrototype
+    from zarr.storage import FsspecStore, WrapperStore
+
+    class HeldMetadataStore(WrapperStore):
+        def __init__(self, store):
+            super().__init__(store)
+            self.held: dict[str, Buffer] = {}
+
+        def _with_store(self, store):
+            other = type(self)(store)
+            other.held = self.held
+            return other
+
+        @staticmethod
+        def _is_metadata(key: str) -> bool:
+            return key.rsplit("/", 1)[-1] in _ZARR_METADATA
+
+        async def set(self, key: str, value: Buffer) -> None:
+            if self._is_metadata(key):
+                self.held[key] = value
+            else:
+                await self._store.set(key, value)
+
+        async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+            if not self._is_metadata(key):
+                await self._store.set_if_not_exists(key, value)
+            elif not await self.exists(key):
+                self.held[key] = value
+
+        async def _set_many(self, values) -> None:
+            for key, value in values:
+                await self.set(key, value)
+
+        async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None):
+            if key in self.held:
+                return prototype.buffer.from_bytes(self.held[key].to_bytes())
+            return await self._store.get(key, prototype, byte_range)
+
+        async def exists(self, key: str) -> bool:
+            return key in self.held or await self._store.exists(key)
+
+        def publish(self) -> None:
+            """Write the held metadata documents, the deepest first and the root's last."""
+            for key in sorted(self.held, key=lambda k: -k.count("/")):
+                (target / key).write_bytes(self.held[key].to_bytes())
+
+    return HeldMetadataStore(FsspecStore.from_url(target.url, storage_options=target.storage_options))
+
+
+@contextmanager
+def zarr_destination(target):
+    """What Zarr's creators take to write at ``target`` (a path, or a :class:`StorePath`): the
+    path, or on a store a :func:`held_metadata_store` whose metadata is written when the block
+    succeeds (so a failed write never opens as Zarr; :func:`write_on_store` removes it)."""
+    if not isinstance(target, StorePath):
+        yield str(target)
+        return
+    store = held_metadata_store(target)
+    yield store
+    store.publish()
