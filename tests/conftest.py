@@ -4,6 +4,8 @@ Cluster fixtures (stable names, used by the cluster tests and by the GMM tests t
 
 - ``dask_processes`` (module scope): a real ``dask scheduler`` and two ``dask worker`` processes
   on 127.0.0.1; yields the scheduler address, e.g. ``"tcp://127.0.0.1:40123"``.
+- ``start_dask_processes`` (function scope): a function starting such a cluster (each call a new
+  one, on a new port) and returning its processes, for tests that kill them; all stopped at teardown.
 - ``slurm`` (session scope): a real single-node SLURM made by ``scripts/setup_slurm``; yields the
   partition name.  Skips when it cannot be set up, unless ``GMM_REQUIRE_SLURM=1`` (CI), where it
   fails with the script's output.
@@ -18,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -62,18 +65,34 @@ def _logs(paths: list[Path]) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in paths if p.exists())
 
 
-@pytest.fixture(scope="module")
-def dask_processes(tmp_path_factory):
-    """Address (``tcp://127.0.0.1:<port>``) of a running scheduler with two 1-thread, 1 GiB workers."""
+class DaskProcesses:
+    """A running ``dask scheduler`` and its ``dask worker`` processes (each under a nanny, which
+    restarts a worker that dies), every one in its own session; :meth:`stop` ends them all."""
+
+    def __init__(self, address: str, scheduler: subprocess.Popen, workers: list, logs: list[Path]):
+        self.address, self.scheduler, self.workers, self.logs = address, scheduler, workers, logs
+
+    def stop(self) -> None:
+        _stop([self.scheduler, *self.workers])
+
+    def log_text(self) -> str:
+        return _logs(self.logs)
+
+
+@contextmanager
+def running_dask_processes(tmp: Path, n_workers: int = 2):
+    """Start a scheduler (a new port) and ``n_workers`` 1-thread, 1 GiB workers, all on
+    127.0.0.1 (the scheduler's HTTP server too); yield a :class:`DaskProcesses` once the workers
+    have joined; stop every process on exit, also when the body raised."""
     from distributed import Client
 
-    tmp = tmp_path_factory.mktemp("dask_processes")
+    tmp.mkdir(parents=True, exist_ok=True)
     scheduler_file = tmp / "scheduler.json"
-    logs = [tmp / "scheduler.log", tmp / "worker-0.log", tmp / "worker-1.log"]
+    logs = [tmp / "scheduler.log", *(tmp / f"worker-{i}.log" for i in range(n_workers))]
     procs = [
         _start(
             [str(DASK_CLI), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-             "--scheduler-file", str(scheduler_file)],
+             "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(scheduler_file)],
             logs[0],
         )
     ]
@@ -83,7 +102,7 @@ def dask_processes(tmp_path_factory):
             if procs[0].poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"dask scheduler did not start\n{_logs(logs)}")
             time.sleep(0.1)
-        for i in (0, 1):
+        for i in range(n_workers):
             procs.append(
                 _start(
                     [str(DASK_CLI), "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
@@ -94,13 +113,33 @@ def dask_processes(tmp_path_factory):
             )
         with Client(scheduler_file=str(scheduler_file), timeout=30) as client:
             try:
-                client.wait_for_workers(2, timeout=60)
+                client.wait_for_workers(n_workers, timeout=60)
             except TimeoutError:
                 pytest.fail(f"dask workers did not connect\n{_logs(logs)}")
             address = client.scheduler.address
-        yield address
+        yield DaskProcesses(address, procs[0], procs[1:], logs)
     finally:
         _stop(procs)
+
+
+@pytest.fixture(scope="module")
+def dask_processes(tmp_path_factory):
+    """Address (``tcp://127.0.0.1:<port>``) of a running scheduler with two 1-thread, 1 GiB workers."""
+    with running_dask_processes(tmp_path_factory.mktemp("dask_processes")) as cluster:
+        yield cluster.address
+
+
+@pytest.fixture
+def start_dask_processes(tmp_path):
+    """``start(n_workers=2)`` starts a new scheduler and workers (:func:`running_dask_processes`,
+    a new address each call) and returns its :class:`DaskProcesses`; all are stopped at teardown."""
+    started = []
+    with ExitStack() as stack:
+        def start(n_workers: int = 2) -> DaskProcesses:
+            started.append(stack.enter_context(running_dask_processes(tmp_path / f"dask-{len(started)}", n_workers)))
+            return started[-1]
+
+        yield start
 
 
 # --------------------------------------------------------------------------------------------
