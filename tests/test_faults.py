@@ -1,6 +1,9 @@
-"""Faults survived, nothing lost: a worker killed mid-fit, the driver killed mid-run, resume checks."""
+"""Faults survived, nothing lost: a worker killed mid-fit (and three times in a run of 20
+candidates), the driver killed mid-run, resume checks."""
 
+import json
 import os
+import random
 import signal
 import subprocess
 import threading
@@ -90,6 +93,133 @@ def test_driver_killed_mid_run_resumes_to_the_same_model(tmp_path):
     np.testing.assert_array_equal(a.history_, b.history_)
     for attr in ("weights_", "means_", "covariances_"):
         np.testing.assert_allclose(getattr(a, attr), getattr(b, attr), rtol=1e-10, atol=1e-12)
+
+
+def _wait_for(condition, timeout: float, what: str, interval: float = 0.01):
+    """Poll ``condition()`` until it is truthy (returned) or ``timeout`` seconds passed (fails)."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+    return value
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _write_config(tmp_path, cfg, name):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _assert_same_result(out: Path, reference: Path):
+    """report.json (selection, every candidate's criteria and history) and model.npz of ``out``
+    equal those of ``reference`` to 1e-10 (and the labels exactly, if written)."""
+    from pipeline.estimators.gaussian_mixture import GaussianMixture as GM
+
+    a, b = (json.loads((d / "report.json").read_text()) for d in (out, reference))
+    assert a["selected"]["name"] == b["selected"]["name"]
+    assert [c["name"] for c in a["candidates"]] == [c["name"] for c in b["candidates"]]
+    for x, y in zip(a["candidates"], b["candidates"]):
+        assert (x["status"], x["n_iter"], x["n_parameters"]) == (y["status"], y["n_iter"], y["n_parameters"]), x["name"]
+        for key in ("loglik", "bic", "aic", "icl"):
+            if y[key] is None:
+                assert x[key] is None, (x["name"], key)
+            else:
+                np.testing.assert_allclose(x[key], y[key], rtol=1e-10, err_msg=f"{x['name']} {key}")
+        np.testing.assert_allclose(x["history"], y["history"], rtol=1e-10, err_msg=x["name"])
+    ma, mb = GM.load(out / "model.npz"), GM.load(reference / "model.npz")
+    assert (ma.n_components, ma.covariance_type, ma.n_iter_) == (mb.n_components, mb.covariance_type, mb.n_iter_)
+    for attr in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        np.testing.assert_allclose(getattr(ma, attr), getattr(mb, attr), rtol=1e-10, atol=1e-12, err_msg=attr)
+    if (reference / "labels.zarr").exists():
+        import zarr
+
+        np.testing.assert_array_equal(zarr.open_array(out / "labels.zarr")[:], zarr.open_array(reference / "labels.zarr")[:])
+
+
+def _twenty_candidates_config(tmp_path, name, address):
+    """5 x 4 candidates (k 1-5; full, diag, tied, spherical) of 3 EM iterations on 8,000 x 3
+    rows in 2 chunks, on the cluster at ``address``."""
+    config, cfg = small_config(tmp_path)
+    cfg["data"]["chunk_rows"] = 4000
+    cfg["data"]["generate"].update(n_samples=8000, n_features=3, chunk_rows=4000)
+    cfg["model"].update(n_components=[1, 2, 3, 4, 5], covariance_type=["full", "diag", "tied", "spherical"],
+                        tol=0.0, max_iter=3, dtype="float64", init_params="random_from_data")
+    cfg["cluster"] = {"kind": "address", "address": address, "timeout": 30}
+    cfg["output"].update(dir=str(tmp_path / name), plots=False, responsibilities=False)
+    return _write_config(tmp_path, cfg, name), cfg
+
+
+@pytest.mark.filterwarnings("ignore::pipeline.exceptions.ConvergenceWarning")
+def test_a_worker_sigkilled_three_times_in_a_run_of_20_candidates_gives_the_uninterrupted_result(tmp_path, start_dask_processes):
+    """A scheduler and two workers under nannies (OS processes on 127.0.0.1). During a run of
+    20 candidates a worker busy with the run's tasks is SIGKILLed three times, at moments drawn
+    from a seeded generator (a candidate, an iteration of it, a delay into the next one); its
+    nanny starts a new one each time. The run finishes with the uninterrupted run's selection,
+    criteria, parameters and labels."""
+    from distributed import Client
+
+    from pipeline.batch.config import config_from_dict
+    from pipeline.batch.runner import candidate_name
+
+    cluster = start_dask_processes(2)
+    ref_path, ref = _twenty_candidates_config(tmp_path, "reference", cluster.address)
+    r = subprocess.run([*CLI, "run", ref_path], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    names = [candidate_name(k, ct) for k, ct in config_from_dict(ref).model.candidates()]
+    assert len(names) == 20
+    rng = random.Random(14)
+    # one kill among candidates 2-5, 6-9 and 10-13 each (all three well before the run's end),
+    # after a random iteration of it
+    moments = [(names[rng.randrange(lo, lo + 4)], rng.randrange(1, 3), rng.uniform(0.0, 0.1)) for lo in (1, 5, 9)]
+    triggers = {f"  {name} restart 0 iter {it:4d} ": (name, it, delay) for name, it, delay in moments}
+
+    cfg_path, cfg = _twenty_candidates_config(tmp_path, "killed", cluster.address)
+    kills = []
+    with Client(cluster.address, timeout=30) as client:
+        proc = subprocess.Popen([*CLI, "run", cfg_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            seen = []
+            for line in proc.stdout:
+                seen.append(line)
+                moment = next((m for t, m in triggers.items() if line.startswith(t)), None)
+                if moment is None:
+                    continue
+                time.sleep(moment[2])  # the random moment itself, not a synchronisation
+                busy = _wait_for(lambda: sorted(a for a, keys in client.processing().items() if keys), 20,
+                                 "a worker computing the run's tasks")
+                victim = rng.choice(busy)
+                pid = client.run(os.getpid, workers=[victim])[victim]  # (the worker's event loop answers)
+                running = proc.poll() is None
+                os.kill(pid, signal.SIGKILL)
+                kills.append({"moment": moment, "worker": victim, "pid": pid, "run_was_running": running})
+                # the killed process is gone and its nanny has started a new worker in its place
+                _wait_for(lambda: _pid_gone(pid), 30, f"worker pid {pid} to exit")
+                _wait_for(lambda: len(workers := client.scheduler_info(n_workers=-1)["workers"]) == 2
+                          and victim not in workers, 60, "the nanny to restart the killed worker")
+            proc.wait(timeout=300)
+            stderr = proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        alive = set(client.run(os.getpid).values())
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr + "".join(seen[-20:])
+    assert len(kills) == 3, (moments, kills)
+    assert all(k["run_was_running"] for k in kills), kills
+    assert len({k["pid"] for k in kills}) == 3 and not alive & {k["pid"] for k in kills}, (kills, alive)
+    assert all(_pid_gone(k["pid"]) for k in kills)
+    # every kill came before the run's last candidate was fitted
+    assert sum(line.startswith("candidate ") and ": log-likelihood" in line for line in seen) == 20
+    _assert_same_result(Path(cfg["output"]["dir"]), Path(ref["output"]["dir"]))
 
 
 def test_resume_refuses_a_checkpoint_of_another_config_or_data(tmp_path):
