@@ -26,6 +26,11 @@ class ClusterError(GMMPipelineError, RuntimeError):
     """A Dask cluster could not be created, reached or scaled."""
 
 
+class SchedulerLostError(ClusterError):
+    """The Dask scheduler went away during a run (stopped, killed or unreachable); nothing was
+    published and the staging directory, with its checkpoint, was kept for ``--resume``."""
+
+
 class OutputExistsError(GMMPipelineError, FileExistsError):
     """An output would overwrite an earlier run's results and overwriting was not asked for."""
 

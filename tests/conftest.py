@@ -73,7 +73,7 @@ class DaskProcesses:
         self.address, self.scheduler, self.workers, self.logs = address, scheduler, workers, logs
 
     def stop(self) -> None:
-        _stop([self.scheduler, *self.workers])
+        _stop_cluster([self.scheduler, *self.workers])
 
     def log_text(self) -> str:
         return _logs(self.logs)
@@ -119,7 +119,14 @@ def running_dask_processes(tmp: Path, n_workers: int = 2):
             address = client.scheduler.address
         yield DaskProcesses(address, procs[0], procs[1:], logs)
     finally:
-        _stop(procs)
+        _stop_cluster(procs)
+
+
+def _stop_cluster(procs: list[subprocess.Popen]) -> None:
+    """Stop the workers (``procs[1:]``), then the scheduler (``procs[0]``): about 2 s, where all
+    at once takes about 8 s (workers whose scheduler is gone wait for it while closing)."""
+    _stop(procs[1:])
+    _stop(procs[:1])
 
 
 @pytest.fixture(scope="module")

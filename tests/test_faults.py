@@ -1,5 +1,5 @@
 """Faults survived, nothing lost: a worker killed mid-fit (and three times in a run of 20
-candidates), the driver killed mid-run, resume checks."""
+candidates), the driver killed mid-run, the scheduler lost mid-run, resume checks."""
 
 import json
 import os
@@ -220,6 +220,147 @@ def test_a_worker_sigkilled_three_times_in_a_run_of_20_candidates_gives_the_unin
     # every kill came before the run's last candidate was fitted
     assert sum(line.startswith("candidate ") and ": log-likelihood" in line for line in seen) == 20
     _assert_same_result(Path(cfg["output"]["dir"]), Path(ref["output"]["dir"]))
+
+
+def _two_candidates_config(tmp_path, name, address):
+    """k 3 and 4 (full) of 12 EM iterations each on 30,000 x 4 rows, on the cluster at ``address``."""
+    _, cfg = _slow_config(tmp_path, name)
+    cfg["model"].update(n_components=[3, 4], max_iter=12)
+    cfg["cluster"] = {"kind": "address", "address": address, "timeout": 20}
+    return _write_config(tmp_path, cfg, name), cfg
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_lost_scheduler_is_one_line_keeps_the_checkpoint_and_resume_on_a_new_cluster_finishes(
+        tmp_path, start_dask_processes, sig):
+    """The `dask scheduler` of a kind: address cluster killed (or stopped) during the second
+    candidate's EM iterations: the run exits 1 with one line naming the scheduler's address,
+    the checkpoint and its iteration and --resume; nothing is published and the staging
+    directory keeps the checkpoint. --resume on a new scheduler and workers (another address,
+    given by --set: the cluster is not part of the checkpoint's fingerprint) finishes the run
+    with the result of an uninterrupted one."""
+    from pipeline.batch.runner import CHECKPOINT_NAME, staging_dir
+    from pipeline.estimators.persistence import load_checkpoint
+
+    first = start_dask_processes(2)
+    cfg_path, cfg = _two_candidates_config(tmp_path, "lost", first.address)
+    proc = subprocess.Popen([*CLI, "run", cfg_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("  k4-full restart 0 iter    4 "):
+                first.scheduler.send_signal(sig)
+                break
+        first.scheduler.wait(timeout=60)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert seen[-1].startswith("  k4-full restart 0 iter    4 "), "".join(seen)  # during the EM iterations
+    lines = stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, stderr
+    out, stage = Path(cfg["output"]["dir"]), staging_dir(Path(cfg["output"]["dir"]))
+    assert not out.exists()  # nothing was published
+    state, meta = load_checkpoint(stage / CHECKPOINT_NAME)  # kept, and whole
+    assert meta["candidate"] == "k4-full" and len(state.history) >= 4 and "k3-full" in meta["done"]
+    assert lines[0].startswith(f"gmm-pipeline: error: lost the Dask scheduler at {first.address}: "), lines[0]
+    assert (f"the checkpoint {stage / CHECKPOINT_NAME} (candidate k4-full, restart 0, iteration {len(state.history)}) "
+            "is kept") in lines[0], lines[0]
+    assert "run again with --resume" in lines[0] and "Traceback" not in stderr
+    first.stop()
+
+    second = start_dask_processes(2)
+    assert second.address != first.address
+    resumed = subprocess.run([*CLI, "run", cfg_path, "--resume", "--set", f"cluster.address={second.address}"],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "candidate k3-full: done before the interruption" in resumed.stdout
+    assert "resuming from checkpoint: candidate k4-full" in resumed.stdout
+    assert "k4-full restart 0 iter    1 " not in resumed.stdout and "k4-full restart 0 iter   12 " in resumed.stdout
+    assert json.loads((out / "report.json").read_text())["cluster"]["scheduler_address"] == second.address
+    ref_path, ref = _two_candidates_config(tmp_path, "reference", second.address)
+    r = subprocess.run([*CLI, "run", ref_path], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    _assert_same_result(out, Path(ref["output"]["dir"]))
+
+
+@pytest.mark.parametrize("when", ["after checkpoint 2", "before the summary pass"])
+def test_a_scheduler_lost_between_two_computations_is_a_scheduler_lost_error_too(
+        tmp_path, start_dask_processes, monkeypatch, when):
+    """The scheduler SIGKILLed while no computation is pending (the driver writes a checkpoint,
+    or is about to start the run's first pass): the next computation waits for a reconnection up
+    to the client's timeout, then is cancelled without a reason; that too is a
+    SchedulerLostError, naming the checkpoint, or saying there is none yet."""
+    from distributed import Client
+
+    import pipeline.batch.runner as run_mod
+    from pipeline.batch.config import config_from_dict
+    from pipeline.exceptions import SchedulerLostError
+
+    cluster = start_dask_processes(1)
+    _, cfg = _two_candidates_config(tmp_path, "between", cluster.address)
+    cfg["model"]["n_components"] = 3
+
+    def lose_the_scheduler():
+        cluster.scheduler.kill()
+        cluster.scheduler.wait(timeout=30)
+        _wait_for(lambda: client.status != "running", 30, "the client to notice the loss")
+
+    save, summarize = run_mod.save_checkpoint, run_mod.summarize
+
+    def save_then_lose_the_scheduler(path, state, meta):
+        save(path, state, meta)
+        if len(state.history) == 2:
+            lose_the_scheduler()
+
+    def lose_the_scheduler_then_summarize(*args, **kwargs):
+        lose_the_scheduler()
+        return summarize(*args, **kwargs)
+
+    if when == "after checkpoint 2":
+        monkeypatch.setattr(run_mod, "save_checkpoint", save_then_lose_the_scheduler)
+    else:
+        monkeypatch.setattr(run_mod, "summarize", lose_the_scheduler_then_summarize)
+    with Client(cluster.address, timeout=3) as client:
+        with pytest.raises(SchedulerLostError) as err:
+            run_mod.run(config_from_dict(cfg), client=client)
+    message = str(err.value)
+    assert message.startswith(f"lost the Dask scheduler at {cluster.address}: it stopped or cannot be reached ("), message
+    checkpoint = run_mod.staging_dir(Path(cfg["output"]["dir"])) / run_mod.CHECKPOINT_NAME
+    if when == "after checkpoint 2":
+        assert f"the checkpoint {checkpoint} (candidate k3-full, restart 0, iteration 2) is kept" in message
+        assert message.endswith("run again with --resume to continue from it") and checkpoint.is_file()
+    else:
+        assert message.endswith("no checkpoint had been written yet: start a Dask scheduler and workers again "
+                                "(a new address: --set cluster.address=...) and run again"), message
+        assert not checkpoint.exists()
+
+
+def test_only_a_lost_connection_to_the_scheduler_counts_as_a_lost_scheduler():
+    """distributed's errors of a lost scheduler (the futures cancelled for that reason; any
+    cancellation, comm, OS, timeout or "ConnectionPool is closed" error once the client is no
+    longer running) count; the same errors while the client runs, and our own errors, do not."""
+    from types import SimpleNamespace
+
+    from distributed.client import FutureCancelledError
+    from distributed.comm import CommClosedError
+
+    from pipeline.batch.cluster import scheduler_lost
+    from pipeline.exceptions import DataError
+
+    running, lost = SimpleNamespace(status="running"), SimpleNamespace(status="connecting")
+    connection_lost = FutureCancelledError("k", "scheduler-connection-lost", "Client lost the connection")
+    assert scheduler_lost(connection_lost, running) and scheduler_lost(connection_lost, lost)
+    for exc in (FutureCancelledError("k", None), CommClosedError("in <TCP>: Stream is closed"), OSError("Timed out"),
+                TimeoutError(), RuntimeError("ConnectionPool is closed")):
+        assert scheduler_lost(exc, lost), exc
+        assert scheduler_lost(exc, SimpleNamespace(status="closed")), exc
+        assert not scheduler_lost(exc, running), exc
+    assert not scheduler_lost(FutureCancelledError("k", "cancelled by the user"), running)
+    assert not scheduler_lost(DataError("data.zarr: rows 0-9 hold NaN"), lost)
+    assert not scheduler_lost(ValueError("bad"), lost)
 
 
 def test_resume_refuses_a_checkpoint_of_another_config_or_data(tmp_path):

@@ -481,3 +481,73 @@ class QuietTaskErrors(WorkerPlugin):
 def quiet_task_errors(client) -> None:
     """Install :class:`QuietTaskErrors` on the client's workers."""
     client.register_plugin(QuietTaskErrors(), name=QuietTaskErrors.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# a lost scheduler
+
+#: the reason distributed gives the futures it cancels when a client loses its scheduler
+_CONNECTION_LOST = "scheduler-connection-lost"
+
+
+def scheduler_lost(exc: BaseException, client) -> bool:
+    """Whether ``exc``, raised while a run was using ``client``, means that the client lost its
+    scheduler (the scheduler was stopped, killed or became unreachable) rather than that the run
+    itself failed.
+
+    What distributed raises then (seen with a ``dask scheduler`` SIGKILLed or SIGTERMed mid-run):
+    the futures pending at that moment are cancelled at once (``FutureCancelledError``, reason
+    ``"scheduler-connection-lost"``); work submitted after it waits for a reconnection (up to
+    the client's timeout, ``cluster.timeout``), then is cancelled without a reason; other calls
+    fail with ``CommClosedError`` (an OSError), OSError, TimeoutError or RuntimeError
+    ("ConnectionPool is closed").  Those also have other causes, so they count only when the
+    client is no longer "running" (it is "connecting", "closing" or "closed" after the loss).
+    Our own errors (e.g. a DataError a task raised before) never count.
+    """
+    from concurrent.futures import CancelledError
+
+    from pipeline.exceptions import GMMPipelineError
+
+    if isinstance(exc, GMMPipelineError):
+        return False
+    if isinstance(exc, CancelledError) and getattr(exc, "reason", None) == _CONNECTION_LOST:
+        return True
+    return isinstance(exc, (CancelledError, OSError, TimeoutError, RuntimeError)) and (
+        getattr(client, "status", "running") != "running"
+    )
+
+
+class _DropReconnectErrors(logging.Filter):
+    """Drops the driver's records of a scheduler that went away: ``distributed.client``'s ERROR
+    "Failed to reconnect to scheduler ..." and the traceback of the reconnection attempt that
+    closing the client cancels, ``distributed.batched``'s "Batched Comm Closed" traceback (a
+    stopping scheduler closed the connection).  They come with or after the run's own error,
+    which says it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import asyncio
+
+        from distributed.comm import CommClosedError
+
+        if record.getMessage().startswith("Failed to reconnect to scheduler"):
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, (asyncio.CancelledError, CommClosedError))
+
+
+#: the loggers (of the driver process) that :class:`_DropReconnectErrors` quiets
+_RECONNECT_LOGGERS = ("distributed.client", "distributed.batched")
+
+
+@contextmanager
+def quiet_reconnect_errors():
+    """While the body runs (a run, until its client is closed), :class:`_DropReconnectErrors`
+    on the loggers of :data:`_RECONNECT_LOGGERS` of this process."""
+    f = _DropReconnectErrors()
+    for name in _RECONNECT_LOGGERS:
+        logging.getLogger(name).addFilter(f)
+    try:
+        yield
+    finally:
+        for name in _RECONNECT_LOGGERS:
+            logging.getLogger(name).removeFilter(f)

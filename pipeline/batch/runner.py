@@ -14,6 +14,10 @@ Nothing is lost:
   new generation prefix inside ``output.dir``, published by one final write of its manifest
   (:class:`pipeline.storage.stores.StoreOutput`); the same rules hold there.  Two runs must not
   share a store's ``output.dir`` at once: no lock is taken there.
+- a lost Dask scheduler (stopped, killed, unreachable) ends the run with one
+  :class:`~pipeline.exceptions.SchedulerLostError` naming the checkpoint; the staging directory
+  is kept, and ``resume=True`` continues on the same or another cluster (the ``cluster`` section
+  is not part of the fingerprint a checkpoint is checked against).
 """
 
 from __future__ import annotations
@@ -44,7 +48,14 @@ from pipeline.engine.resources import should_cache, single_threaded_blas
 from pipeline.engine.summary import summarize
 from pipeline.estimators.gaussian_mixture import GaussianMixture
 from pipeline.estimators.persistence import load_checkpoint, save_checkpoint
-from pipeline.exceptions import CheckpointError, CovarianceError, GMMPipelineError, OutputExistsError, OutputWriteError
+from pipeline.exceptions import (
+    CheckpointError,
+    CovarianceError,
+    GMMPipelineError,
+    OutputExistsError,
+    OutputWriteError,
+    SchedulerLostError,
+)
 from pipeline.storage.atomic import atomic_write_text, publish_dir
 from pipeline.storage.stores import MANIFEST_NAME, StoreOutput, StorePath, fsspec_options, location_of, zarr_kwargs
 
@@ -276,6 +287,7 @@ class RunContext:
     fingerprints: dict = field(default_factory=dict)
     weights: object = None  # data.weights as a Dask array, or None
     missing: dict = field(default_factory=dict)  # NaN in the data, for the report
+    resumable: bool = False  # the staging directory holds this run's checkpoint, if any (not an older run's)
 
 
 @dataclass
@@ -296,14 +308,53 @@ def _run_locked(cfg, resume, client, t0, debug=False) -> RunResult:
     ctx = RunContext(cfg, out, stage, t0)
     X = _open_data(ctx)
     ctx.weights = weights_from_config(cfg.data, X.shape[0])
-    if client is not None:
+    # outermost: the client's own records of a lost scheduler come until it is closed
+    with nullcontext() if debug else cluster_mod.quiet_reconnect_errors():
+        if client is not None:
+            return _run_on(ctx, X, resume, client)
+        t = time.perf_counter()
+        with cluster_mod.connect(cfg.cluster) as c:
+            ctx.timings["connect_s"] = time.perf_counter() - t
+            return _run_on(ctx, X, resume, c, quiet=not debug)
+
+
+def _run_on(ctx: RunContext, X, resume: bool, client, quiet: bool = False) -> RunResult:
+    """:func:`_run_with_client`, with a lost scheduler turned into one SchedulerLostError."""
+    address = getattr(client.scheduler, "address", None) or "?"
+    try:
+        if quiet:
+            cluster_mod.quiet_task_errors(client)
         return _run_with_client(ctx, X, resume, client)
-    t = time.perf_counter()
-    with cluster_mod.connect(cfg.cluster) as c:
-        ctx.timings["connect_s"] = time.perf_counter() - t
-        if not debug:
-            cluster_mod.quiet_task_errors(c)
-        return _run_with_client(ctx, X, resume, c)
+    except Exception as exc:
+        if not cluster_mod.scheduler_lost(exc, client):
+            raise
+        raise _scheduler_lost_error(ctx, address, exc, resume) from exc
+
+
+def _scheduler_lost_error(ctx: RunContext, address: str, exc: Exception, resume: bool) -> SchedulerLostError:
+    """The one-line error of a run whose scheduler went away: the staging directory is kept, and
+    with it the checkpoint (named with its candidate and iteration) that --resume continues from."""
+    again = "start a Dask scheduler and workers again (a new address: --set cluster.address=...)"
+    state = None
+    # else an older run's checkpoint, which this fresh run had yet to remove (or, on a store, no stage yet)
+    if (resume or ctx.resumable) and ctx.stage is not None:
+        path = ctx.stage / CHECKPOINT_NAME
+        try:
+            state, meta = load_checkpoint(path)
+        except CheckpointError:  # none yet (or checkpoint.every: 0)
+            pass
+    if state is None:
+        then = f"no checkpoint had been written yet: {again} and run again"
+    else:
+        then = (f"the checkpoint {path} (candidate {meta.get('candidate')}, restart {state.init}, iteration "
+                f"{len(state.history)}) is kept: {again} and run again with --resume to continue from it")
+    reason = getattr(exc, "reason", None)
+    if reason in (None, "unknown"):  # (work submitted after the loss, cancelled after cluster.timeout)
+        reason = type(exc).__name__
+    return SchedulerLostError(
+        f"lost the Dask scheduler at {address}: it stopped or cannot be reached ({reason}); nothing was "
+        f"published; {then}"
+    )
 
 
 def _open_data(ctx: RunContext) -> da.Array:
@@ -370,6 +421,7 @@ def _prepare_stage(ctx: RunContext, resume: bool) -> ResumeState:
         resumed = ResumeState()
     ctx.stage.mkdir(parents=True, exist_ok=True)
     (ctx.stage / "candidates").mkdir(exist_ok=True)
+    ctx.resumable = True
     return resumed
 
 
