@@ -1,11 +1,12 @@
 """gmm-pipeline: out-of-core, distributed Gaussian mixture models fitted by EM.
 
-Public entry points: :class:`GaussianMixture` and :func:`open_dataset` (imported lazily, so
+Public entry points: :class:`GaussianMixture`, :class:`GaussianMixtureIC` (a model-selection
+sweep in shared passes) and :func:`open_dataset` (imported lazily, so
 that ``import pipeline.families`` does not pull in Dask).  The package is layered; each layer
 imports only the ones below it (enforced by ``tests/test_layers.py``)::
 
     batch/        the application: config, cluster, runner, report, plots, cli
-    estimators/   scikit-learn-facing: GaussianMixture, validation, persistence
+    estimators/   scikit-learn-facing: GaussianMixture, GaussianMixtureIC, validation, persistence
     engine/       Dask: passes over row-chunked arrays, summary, EM loop, init, resources
     kernels/      per-chunk NumPy run on the workers
     core/         driver-side NumPy: parameters, E-step plan, statistics algebra, updaters
@@ -19,7 +20,7 @@ imports only the ones below it (enforced by ``tests/test_layers.py``)::
 import logging
 
 __version__ = "0.1.0"
-__all__ = ["GaussianMixture", "open_dataset"]
+__all__ = ["GaussianMixture", "GaussianMixtureIC", "open_dataset"]
 
 # One logger for the package ("pipeline"; modules log to children of it).  A library prints
 # nothing by default: the NullHandler keeps Python's last-resort stderr handler out of the
@@ -32,6 +33,10 @@ def __getattr__(name):
         from pipeline.estimators.gaussian_mixture import GaussianMixture
 
         return GaussianMixture
+    if name == "GaussianMixtureIC":
+        from pipeline.estimators.selection import GaussianMixtureIC
+
+        return GaussianMixtureIC
     if name == "open_dataset":
         from pipeline.data.zarr_io import open_dataset
 

@@ -9,7 +9,9 @@ say, sample weights) are mapped together: the kernel receives their aligned bloc
 
 from __future__ import annotations
 
+import contextvars
 import uuid
+from contextlib import contextmanager
 from functools import partial
 from typing import Callable
 
@@ -110,7 +112,39 @@ def _stack_vectors(parts):
 
 def _compute_layer(name, layer, deps, key):
     graph = HighLevelGraph.from_collections(name, layer, dependencies=deps)
-    return Delayed(key, graph, layer=name).compute(optimize_graph=False)
+    out = Delayed(key, graph, layer=name).compute(optimize_graph=False)
+    record_pass()
+    return out
+
+
+class PassCounter:
+    """The passes over the data (computations that read every chunk) made while it counts."""
+
+    def __init__(self):
+        self.n = 0
+
+
+_COUNTER: contextvars.ContextVar[PassCounter | None] = contextvars.ContextVar("pipeline_pass_counter", default=None)
+
+
+@contextmanager
+def counting_passes():
+    """Count the passes made inside the block (:func:`reduce_blocks`, :func:`per_block` and
+    whoever calls :func:`record_pass`).  Nested blocks count apart: passes over an in-memory
+    sample made in an inner block are not passes of the outer one over the data."""
+    counter = PassCounter()
+    token = _COUNTER.set(counter)
+    try:
+        yield counter
+    finally:
+        _COUNTER.reset(token)
+
+
+def record_pass() -> None:
+    """One more pass for the innermost :func:`counting_passes` block, if any."""
+    counter = _COUNTER.get()
+    if counter is not None:
+        counter.n += 1
 
 
 def reduce_blocks(X, kernel: Callable, length: int, *args, **kwargs) -> np.ndarray:

@@ -26,7 +26,7 @@ import numpy as np
 
 from pipeline.core.params import MixtureParams
 from pipeline.core.stats import SuffStats, vector_length
-from pipeline.engine.graph import reduce_blocks
+from pipeline.engine.graph import record_pass, reduce_blocks
 from pipeline.engine.summary import DataSummary
 from pipeline.exceptions import DataError
 from pipeline.families import warn_floored
@@ -178,7 +178,9 @@ def _per_chunk(X, weights, fn, *args):
     blocks = X.to_delayed().ravel()
     wblocks = [None] * len(blocks) if weights is None else weights.to_delayed().ravel()
     tasks = [dask.delayed(fn)(b, wb, *args, i) for i, (b, wb) in enumerate(zip(blocks, wblocks))]
-    return list(dask.compute(*tasks))
+    out = list(dask.compute(*tasks))
+    record_pass()
+    return out
 
 
 def weighted_rows(X, weights, k, rng) -> np.ndarray:
@@ -276,8 +278,11 @@ def sample_rows(X, m, summary: DataSummary, rng, weights=None) -> tuple[np.ndarr
     """About ``m`` uniformly sampled rows (all rows when m >= n) and their weights (ones
     without ``weights``; rows of weight 0 left out), float64 on the driver."""
     if m >= summary.n_samples:
-        rows = np.asarray(X.compute(), dtype=np.float64)
-        w = np.ones(len(rows)) if weights is None else np.asarray(weights.compute(), dtype=np.float64)
+        if weights is None:
+            rows, w = np.asarray(X.compute(), dtype=np.float64), np.ones(X.shape[0])
+        else:
+            rows, w = (np.asarray(a, dtype=np.float64) for a in dask.compute(X, weights))
+        record_pass()
         return rows[w > 0], w[w > 0]
     parts = _per_chunk(X, weights, _uniform_sample_kernel, m / summary.n_samples, int(rng.integers(2**31)))
     both = np.concatenate(parts)

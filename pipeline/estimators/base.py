@@ -21,7 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from pipeline.core.state import EMResult, FitState
 from pipeline.engine.em import IterationInfo, run_em, warn_not_converged
-from pipeline.engine.graph import reduce_blocks
+from pipeline.engine.graph import counting_passes, record_pass, reduce_blocks
 from pipeline.engine.missing import complete_rows, initialisation_data
 from pipeline.engine.resources import should_cache, single_threaded_blas
 from pipeline.engine.summary import summarize
@@ -98,7 +98,10 @@ class BaseMixture(DensityMixin, BaseEstimator):
     def _maybe_cache(self, X, was_dask):
         """Persist X in (worker) memory if :func:`should_cache` says so; sets ``data_cached_``."""
         self.data_cached_ = should_cache(X, getattr(self, "cache", "auto"), was_dask)
-        return X.persist() if self.data_cached_ else X
+        if not self.data_cached_:
+            return X
+        record_pass()  # persisting reads every chunk once
+        return X.persist()
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X, y=None, sample_weight=None, *, callback=None, resume=None, data_name=None, summary=None):
@@ -113,15 +116,19 @@ class BaseMixture(DensityMixin, BaseEstimator):
         callback : called as ``callback(info)`` after every EM iteration with an
             :class:`pipeline.engine.em.IterationInfo` whose ``state`` (a :class:`FitState`) is
             enough to resume the fit later (the CLI checkpoints it).
+
+        ``n_passes_`` counts the passes over the data the fit made (the summary, the
+        initialisation's and one per EM iteration; persisting cached data counts one).
         resume : a :class:`FitState` from such a callback: the fit continues from it, with the
             same result as an uninterrupted fit.
         data_name : what to call the data in error messages (e.g. its path); default "X".
         summary : the :class:`pipeline.engine.summary.DataSummary` of X if the caller already
             made that pass (row count, moments, finiteness check); else the fit makes it.
         """
-        with single_threaded_blas(), verbose_logging(self.verbose):
+        with single_threaded_blas(), verbose_logging(self.verbose), counting_passes() as passes:
             self._fit(X, callback=callback, resume=resume, data_name=data_name, summary=summary,
                       sample_weight=sample_weight)
+        self.n_passes_ = passes.n
         return self
 
     def fit_predict(self, X, y=None):

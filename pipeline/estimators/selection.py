@@ -1,0 +1,297 @@
+"""``GaussianMixtureIC``: a whole model-selection sweep (G components x covariance model) by BIC
+or ICL, every candidate and restart fitted in lockstep so that one pass over the data serves
+them all (:mod:`pipeline.engine.sweep`).  Named as in scikit-learn's proposal #19338.
+"""
+
+from __future__ import annotations
+
+import numbers
+import time
+from collections.abc import Iterable
+
+import dask
+import dask.array as da
+import numpy as np
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.utils.validation import check_is_fitted
+
+from pipeline.core.state import EMResult
+from pipeline.engine.em import warn_not_converged
+from pipeline.engine.graph import counting_passes, record_pass
+from pipeline.engine.init import sample_rows
+from pipeline.engine.missing import complete_rows, initialisation_data
+from pipeline.engine.resources import should_cache, single_threaded_blas
+from pipeline.engine.summary import summarize
+from pipeline.engine.sweep import LockstepRun, run_lockstep
+from pipeline.estimators.base import logger, verbose_logging
+from pipeline.estimators.gaussian_mixture import GaussianMixture
+from pipeline.estimators.validation import validate_input, validate_weights
+from pipeline.exceptions import CovarianceError, DataError
+from pipeline.families import MCLUST_MODELS, get_family
+
+CRITERIA = ("bic", "icl")
+#: EM iterations on the initialisation sample, per restart
+SAMPLE_EM_ITER = 20
+
+
+class GaussianMixtureIC(DensityMixin, BaseEstimator):
+    """Gaussian mixtures of every ``n_components`` x ``covariance_type``, the best by BIC or ICL.
+
+    Every candidate and each of its ``n_init`` restarts is an EM run of its own, started exactly
+    as ``GaussianMixture(n_components=k, covariance_type=ct, random_state=random_state,
+    ...).fit`` starts it (the same initialisation passes, the same random draws), but the runs
+    go in lockstep: each pass over the data makes the E step of every run still going, so a
+    sweep's EM costs the passes of its slowest run rather than the sum of all.  A run stops at
+    ``|change| < tol`` or ``max_iter``; a run whose component collapses (only without
+    regularisation, ``reg_covar=0``) fails and is reported, and the sweep goes on.  The
+    log-likelihood, BIC and ICL of each candidate come from the pass after its run stopped
+    (one last pass for the slowest), not from passes of their own.  Each candidate keeps its best
+    restart (the highest final lower bound, as ``GaussianMixture``), and the candidate with the
+    lowest ``criterion`` is ``best_estimator_``.
+
+    Parameters
+    ----------
+    n_components : int or iterable of int
+        The numbers of components to try (default 1 to 9, as R's mclust).
+    covariance_type : str, iterable of str, or "all"
+        The covariance models to try: any of ``GaussianMixture``'s, or "all" for mclust's 14.
+    criterion : {"bic", "icl"}
+        What picks the best candidate (lower is better for both; see ``GaussianMixture.icl``).
+    tol, reg_covar, max_iter, n_init, init_params, random_state, verbose, verbose_interval,
+    dtype, cache, chunk_rows, nan_policy :
+        As for :class:`pipeline.GaussianMixture`, for every candidate.
+    init_sample : int or None
+        Where the candidates start (default 100,000).  An integer: a uniform sample of about that
+        many rows is drawn in one pass and held in memory on the driver (rows x features x 8
+        bytes: 12.8 MB for 16 features); every candidate's ``n_init`` initialisations
+        (``init_params``, the same strategies) are made on it and each refined by at most 20 EM
+        iterations there, and only the best of them (the highest sample log-likelihood) goes to
+        the data.  The initialisation then costs one pass for the whole sweep, and more
+        restarts cost no pass at all.  None: every restart is initialised on the data and run
+        on it, exactly as ``GaussianMixture(...).fit`` would (its passes, its result).
+
+    Attributes
+    ----------
+    best_estimator_ : the fitted ``GaussianMixture`` of the selected candidate.
+    estimators_ : dict ``(n_components, covariance_type) -> GaussianMixture`` of every candidate
+        fitted (failed ones are absent).
+    criteria_ : list of dicts, one per candidate in the order tried: ``n_components``,
+        ``covariance_type``, ``status`` ("ok" or "failed"), ``reason``, ``loglik`` (mean),
+        ``bic``, ``icl``, ``aic``, ``n_parameters``, ``n_iter``, ``converged``.
+    n_passes_ : passes over the data that ``fit`` made: the summary, the initialisations' and
+        the lockstep EM's.
+    n_components_, covariance_type_ : those of the selected candidate.
+    """
+
+    def __init__(
+        self,
+        n_components=(1, 2, 3, 4, 5, 6, 7, 8, 9),
+        *,
+        covariance_type="full",
+        criterion="bic",
+        tol=1e-3,
+        reg_covar=1e-6,
+        max_iter=100,
+        n_init=1,
+        init_params="kmeans",
+        random_state=None,
+        verbose=0,
+        verbose_interval=10,
+        dtype=None,
+        cache="auto",
+        chunk_rows="auto",
+        nan_policy="raise",
+        init_sample=100_000,
+    ):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.criterion = criterion
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.random_state = random_state
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
+        self.dtype = dtype
+        self.cache = cache
+        self.chunk_rows = chunk_rows
+        self.nan_policy = nan_policy
+        self.init_sample = init_sample
+
+    # ------------------------------------------------------------------ candidates
+    def _candidates(self) -> list[tuple[int, str]]:
+        ks = self.n_components
+        ks = [ks] if isinstance(ks, numbers.Integral) else list(ks) if isinstance(ks, Iterable) else [ks]
+        if not ks or any(not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1 for k in ks):
+            raise ValueError(f"GaussianMixtureIC parameter 'n_components' must be an integer >= 1 or a non-empty "
+                             f"list of them; got {self.n_components!r}")
+        cts = self.covariance_type
+        cts = list(MCLUST_MODELS) if cts == "all" else [cts] if isinstance(cts, str) else list(cts)
+        if not cts:
+            raise ValueError("GaussianMixtureIC parameter 'covariance_type' is an empty list")
+        families = [get_family(ct).name for ct in cts]  # raises for an unknown name
+        if len(set(families)) != len(families) or len(set(ks)) != len(ks):
+            raise ValueError(f"GaussianMixtureIC: n_components {self.n_components!r} and covariance_type "
+                             f"{self.covariance_type!r} name a candidate twice (full is VVV, tied EEE, diag VVI, "
+                             "spherical VII)")
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"GaussianMixtureIC parameter 'criterion' must be one of {', '.join(CRITERIA)}; "
+                             f"got {self.criterion!r}")
+        return [(int(k), ct) for ct in cts for k in ks]
+
+    def _estimator(self, k: int, ct: str) -> GaussianMixture:
+        return GaussianMixture(
+            k, covariance_type=ct, tol=self.tol, reg_covar=self.reg_covar, max_iter=self.max_iter,
+            n_init=self.n_init, init_params=self.init_params, random_state=self.random_state, dtype=self.dtype,
+            cache=self.cache, chunk_rows=self.chunk_rows, nan_policy=self.nan_policy,
+        )
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X, y=None, sample_weight=None):
+        """Fit every candidate (see the class docstring); ``sample_weight`` as for
+        ``GaussianMixture.fit`` (then BIC's n is the total weight)."""
+        with single_threaded_blas(), verbose_logging(self.verbose), counting_passes() as passes:
+            self._fit(X, sample_weight)
+        self.n_passes_ = passes.n
+        if self.verbose:
+            logger.info(f"sweep: {len(self.criteria_)} candidates in {self.n_passes_} passes over the data; "
+                        f"selected {self.n_components_} {self.covariance_type_} by {self.criterion.upper()}")
+        return self
+
+    def _fit(self, X, sample_weight):
+        t_start = time.perf_counter()
+        candidates = self._candidates()
+        estimators = [self._estimator(k, ct) for k, ct in candidates]
+        first = estimators[0]
+        X, was_dask = validate_input(self, X, reset=True, name="X", chunk_rows=self.chunk_rows)
+        for est in estimators:
+            est._check_parameters(X.shape[0], X.shape[1])
+        dtype = first._compute_dtype(X)
+        weights = None if sample_weight is None else validate_weights(sample_weight, X, "X")
+        if should_cache(X, self.cache, was_dask):
+            record_pass()  # persisting reads every chunk once
+            X = X.persist()
+            weights = None if weights is None else weights.persist()
+        summary = summarize(X, "X", self.nan_policy, weights)
+        marginalize = self.nan_policy == "marginalize" and summary.n_incomplete > 0
+        init_X, init_summary, init_weights = X, summary, weights
+        if self.nan_policy == "omit":
+            X, weights = complete_rows(X, summary, weights)
+            init_X, init_weights = X, weights
+        elif marginalize:
+            init_X, init_summary, init_weights = initialisation_data(X, summary, max(k for k, _ in candidates),
+                                                                     weights)
+        if self.init_sample is None:  # each candidate's restarts start as its own fit would start them
+            runs = [_starts(est, self.n_init, init_X, init_summary, init_weights, dtype, est._updater(summary))
+                    for est in estimators]
+        else:
+            starts = self._starts_from_sample(estimators, init_X, init_summary, init_weights, dtype)
+            runs = [[LockstepRun(r.params, est._updater(summary), status="running" if r.params is not None else "failed",
+                                 reason=r.reason)] for r, est in zip(starts, estimators)]
+        n_em = run_lockstep(X, [r for rs in runs for r in rs], tol=self.tol, max_iter=self.max_iter, dtype=dtype,
+                            weights=weights, marginalize=marginalize, callback=self._progress)
+        out_dtype = "float32" if X.dtype == np.float32 and dtype == "float32" else "float64"
+        self.criteria_, self.estimators_ = [], {}
+        for (k, ct), est, rs in zip(candidates, estimators, runs):
+            self.criteria_.append(self._settle(k, ct, est, rs, dtype, out_dtype))
+        fitted = [c for c in self.criteria_ if c["status"] == "ok"]
+        if not fitted:
+            raise CovarianceError(f"every candidate failed: {self.criteria_[0]['reason']}")
+        best = min(fitted, key=lambda c: c[self.criterion])
+        self.n_components_, self.covariance_type_ = best["n_components"], best["covariance_type"]
+        self.best_estimator_ = self.estimators_[self.n_components_, self.covariance_type_]
+        self.n_features_in_ = X.shape[1]
+        self.n_em_passes_ = n_em
+        self.fit_seconds_ = time.perf_counter() - t_start
+        b = self.best_estimator_
+        warn_not_converged(EMResult(b._mixture, b.history_, b.converged_, b.n_iter_), self.max_iter)
+
+    def _starts_from_sample(self, estimators, X, summary, weights, dtype) -> list:
+        """One start (a run on the sample) per candidate from a uniform sample of at most ``init_sample`` rows (one
+        pass), held in memory: each candidate's ``n_init`` initialisations are made on it, each
+        followed by at most ``SAMPLE_EM_ITER`` EM iterations there (all in lockstep, on the
+        driver), and the restart of the highest sample log-likelihood is the start on the data
+        (a candidate whose every restart failed on the sample starts from its first one)."""
+        S, Sw = sample_rows(X, int(self.init_sample), summary, self._estimator(1, "full")._rng(), weights)
+        self.init_sample_rows_ = len(S)
+        if len(S) < max(est.n_components for est in estimators):
+            raise DataError(f"X: the initialisation sample has {len(S)} rows, fewer than the largest n_components; "
+                            "raise init_sample")
+        with counting_passes(), dask.config.set(scheduler="sync"):  # in memory: no pass over the data
+            Sd = da.from_array(S, chunks=(max(1, min(len(S), 65536)), S.shape[1]))
+            Swd = None if weights is None else da.from_array(Sw, chunks=(Sd.chunks[0],))
+            s_summary = summarize(Sd, "the initialisation sample", "raise", Swd)
+            runs = [_starts(est, self.n_init, Sd, s_summary, Swd, dtype, est._updater(s_summary)) for est in estimators]
+            run_lockstep(Sd, [r for rs in runs for r in rs], tol=self.tol, max_iter=min(self.max_iter, SAMPLE_EM_ITER),
+                         dtype=dtype, weights=Swd)
+        starts = []
+        for rs in runs:
+            done = [r for r in rs if r.status != "failed" and r.scores is not None]
+            starts.append(max(done, key=lambda r: r.scores[0] / r.scores[1]) if done else rs[0])
+        return starts
+
+    def _progress(self, info):
+        if self.verbose and (info.n_pass % self.verbose_interval == 0 or self.verbose >= 2):
+            logger.info(f"  pass {info.n_pass}: {info.n_em} EM runs, {info.n_scored} scored, {info.seconds:.2f} s")
+
+    def _settle(self, k, ct, est: GaussianMixture, rs: list[LockstepRun], dtype, out_dtype) -> dict:
+        """The candidate's best restart as its fitted estimator, and its line of ``criteria_``."""
+        entry = {"n_components": k, "covariance_type": ct, "status": "ok", "reason": None, "loglik": None,
+                 "bic": None, "icl": None, "aic": None, "n_parameters": None, "n_iter": None, "converged": False}
+        done = [(i, r) for i, r in enumerate(rs) if r.status != "failed"]
+        if not done:
+            return {**entry, "status": "failed", "reason": rs[0].reason}
+        best_i, best = done[0]
+        for i, r in done[1:]:
+            if r.result.lower_bound > best.result.lower_bound:
+                best_i, best = i, r
+        result = best.result
+        est._set_fitted(result, dtype, out_dtype)
+        est.best_init_ = best_i
+        est.init_history_ = [r.history for r in rs]
+        est.n_features_in_ = best.params.n_features
+        total, n, top = best.scores
+        loglik, p = total / n, best.params.n_parameters()
+        bic = -2 * total + p * np.log(n)
+        self.estimators_[k, ct] = est
+        return {**entry, "loglik": loglik, "bic": float(bic), "icl": float(bic - 2 * top),
+                "aic": float(-2 * total + 2 * p), "n_parameters": int(p), "n_iter": result.n_iter,
+                "converged": bool(result.converged), "best_init": best_i,
+                "failed_restarts": [r.reason for r in rs if r.status == "failed"]}
+
+    # ------------------------------------------------------------------ the selected model
+    def _best(self) -> GaussianMixture:
+        check_is_fitted(self, "best_estimator_")
+        return self.best_estimator_
+
+    def predict(self, X):
+        return self._best().predict(X)
+
+    def predict_proba(self, X):
+        return self._best().predict_proba(X)
+
+    def score_samples(self, X):
+        return self._best().score_samples(X)
+
+    def score(self, X, y=None, sample_weight=None):
+        return self._best().score(X, sample_weight=sample_weight)
+
+    def fit_predict(self, X, y=None):
+        return self.fit(X).predict(X)
+
+
+def _starts(est: GaussianMixture, n_init: int, X, summary, weights, dtype, updater) -> list[LockstepRun]:
+    """``n_init`` runs started as ``est.fit`` starts its restarts (one random generator, drawn in
+    turn); an initialisation whose component collapses (``reg_covar=0``) is a failed run."""
+    rng, runs = est._rng(), []
+    for _ in range(n_init):
+        try:
+            runs.append(LockstepRun(est._initial_params(X, summary, rng, dtype, weights), updater))
+        except CovarianceError as exc:
+            runs.append(LockstepRun(None, updater, status="failed", reason=f"initialisation: {exc}"))
+    return runs
+
+
+__all__ = ["GaussianMixtureIC"]

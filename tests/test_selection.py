@@ -1,0 +1,123 @@
+"""GaussianMixtureIC: a model-selection sweep whose candidates share every pass over the data."""
+
+from __future__ import annotations
+
+import warnings
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from pipeline import GaussianMixture, GaussianMixtureIC
+from tests.helpers import blobs
+
+CENTRES = ((0, 0, 0), (4, 4, 0), (0, 5, 4))
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, _ = blobs(3000, centres=CENTRES, seed=7)
+    return X
+
+
+@pytest.mark.filterwarnings("ignore::pipeline.exceptions.ConvergenceWarning")
+def test_lockstep_candidates_equal_the_same_candidates_fitted_one_by_one(data):
+    """init_sample=None: each candidate and restart starts exactly as its own fit starts; in
+    lockstep every run then gives the single fit's trajectory, parameters and criteria."""
+    Xd = da.from_array(data, chunks=(700, 3))
+    kw = dict(random_state=3, n_init=2, tol=1e-5, max_iter=40, init_params="k-means++")
+    types = ["full", "diag", "tied", "spherical", "VEV"]
+    ic = GaussianMixtureIC(n_components=[1, 2, 3, 4], covariance_type=types, init_sample=None, **kw).fit(Xd)
+    assert len(ic.criteria_) == 20 and all(c["status"] == "ok" for c in ic.criteria_)
+    one_by_one = 0
+    for c in ic.criteria_:
+        k, ct = c["n_components"], c["covariance_type"]
+        single = GaussianMixture(k, covariance_type=ct, **kw).fit(Xd)
+        one_by_one += single.n_passes_ + 1  # + the pass of information_criteria
+        ref = single.information_criteria(Xd)
+        got = ic.estimators_[k, ct]
+        assert got.n_iter_ == single.n_iter_ == c["n_iter"] and got.best_init_ == single.best_init_
+        assert got.converged_ == single.converged_ == c["converged"]
+        np.testing.assert_allclose(got.history_, single.history_, rtol=1e-10)
+        for h, h_ref in zip(got.init_history_, single.init_history_):
+            np.testing.assert_allclose(h, h_ref, rtol=1e-10)
+        for attr in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+            np.testing.assert_allclose(getattr(got, attr), getattr(single, attr), rtol=1e-10, atol=1e-12)
+        for key in ("loglik", "bic", "icl", "aic", "n_parameters"):
+            np.testing.assert_allclose(c[key], ref[key], rtol=1e-10)
+    best = min(ic.criteria_, key=lambda c: c["bic"])
+    assert (ic.n_components_, ic.covariance_type_) == (best["n_components"], best["covariance_type"]) == (3, "full")
+    # one pass per lockstep iteration serves every run: the EM passes are the slowest run's, not the sum
+    slowest = max(max(len(h) for h in ic.estimators_[c["n_components"], c["covariance_type"]].init_history_)
+                  for c in ic.criteria_)
+    assert ic.n_em_passes_ == slowest + 1  # + the pass that scores the last runs to stop
+    assert ic.n_passes_ < one_by_one / 3
+
+
+class CountingReads:
+    """A counting identity over the chunks of a Zarr-backed array: how often chunk 0 is read."""
+
+    def __init__(self):
+        self.reads = 0
+
+    def __call__(self, block, block_info=None):
+        if block_info is not None and block_info[0]["chunk-location"][0] == 0:
+            self.reads += 1
+        return block
+
+
+@pytest.mark.filterwarnings("ignore::pipeline.exceptions.ConvergenceWarning")
+def test_passes_are_counted_independently_and_the_sample_start_needs_one(tmp_path, data):
+    import zarr
+
+    from pipeline import open_dataset
+
+    z = zarr.create_array(tmp_path / "x.zarr", shape=data.shape, chunks=(500, 3), dtype="f8")
+    z[:] = data
+    for init_sample, ks in ((100_000, [1, 2, 3, 4, 5]), (1000, [2, 3, 4])):
+        counter = CountingReads()
+        X = open_dataset(tmp_path / "x.zarr", chunk_rows=500).map_blocks(counter, dtype=np.float64)
+        with dask.config.set(scheduler="threads"):
+            ic = GaussianMixtureIC(n_components=ks, covariance_type=["full", "diag"], random_state=0, cache="none",
+                                   init_sample=init_sample, n_init=3).fit(X)
+        assert counter.reads == ic.n_passes_
+        # the summary pass, the sample's pass, and the EM passes of the slowest candidate + its scores
+        slowest = max(c["n_iter"] for c in ic.criteria_)
+        assert ic.n_passes_ == 2 + slowest + 1 == 2 + ic.n_em_passes_
+        assert ic.init_sample_rows_ == (len(data) if init_sample > len(data) else pytest.approx(1000, rel=0.2))
+        assert (ic.n_components_, ic.covariance_type_) == (3, "full")
+        # every candidate meets tol on an exact iteration over the whole data
+        for c in ic.criteria_:
+            est = ic.estimators_[c["n_components"], c["covariance_type"]]
+            assert est.converged_ and abs(est.history_[-1] - est.history_[-2]) < est.tol
+
+
+def test_a_candidate_that_collapses_is_reported_and_the_sweep_finishes():
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(size=(400, 2)), rng.normal(size=(400, 2)) + 6, np.full((40, 2), [20.0, -20.0])])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ic = GaussianMixtureIC(n_components=[1, 2, 3], covariance_type=["full"], reg_covar=0.0, random_state=0,
+                               init_sample=None).fit(X)
+    status = {c["n_components"]: c for c in ic.criteria_}
+    assert status[3]["status"] == "failed" and "ill-defined empirical covariance" in status[3]["reason"] and status[3]["bic"] is None
+    assert status[1]["status"] == status[2]["status"] == "ok"
+    assert ic.n_components_ in (1, 2) and (3, "full") not in ic.estimators_
+
+
+def test_the_selected_model_answers_and_the_estimator_clones(data):
+    ic = GaussianMixtureIC(n_components=[2, 3], covariance_type="full", random_state=0, criterion="icl").fit(data)
+    best = ic.best_estimator_
+    np.testing.assert_array_equal(ic.predict(data), best.predict(data))
+    np.testing.assert_allclose(ic.predict_proba(data), best.predict_proba(data))
+    np.testing.assert_allclose(ic.score_samples(data), best.score_samples(data))
+    assert ic.score(data) == best.score(data)
+    assert min(ic.criteria_, key=lambda c: c["icl"])["n_components"] == ic.n_components_ == 3
+    twin = clone(ic)
+    assert twin.get_params() == ic.get_params() and not hasattr(twin, "best_estimator_")
+    with pytest.raises(ValueError, match="name a candidate twice"):
+        GaussianMixtureIC(n_components=[2], covariance_type=["full", "VVV"]).fit(data)
+    with pytest.raises(ValueError, match="'criterion' must be one of bic, icl"):
+        GaussianMixtureIC(criterion="aicc").fit(data)
