@@ -1,14 +1,24 @@
-"""docker/: static checks of the image and the compose demo (no Docker engine is needed).
+"""docker/: static checks of the image and the compose demo, and one run of the demo for real.
 
-They check that what the files name exists: the programs and subcommands each service runs, the
-config file the job runs, the files the Dockerfile copies, the console script it enters.
+The static checks (no container engine needed) check that what the files name exists: the programs
+and subcommands each service runs, the config file the job runs, the files the Dockerfile copies, the
+console script it enters.  test_compose_runs_the_demo_for_real builds the image and runs
+docker/compose.yaml with podman and podman-compose (scripts/setup_podman: root + apt); elsewhere it
+skips, unless GMM_REQUIRE_CONTAINER=1 (CI) makes that a failure.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import math
+import os
 import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -180,3 +190,139 @@ def test_job_yaml_validates_with_pipeline_config():
     run = load_config(DOCKER / "job.yaml")
     assert run.cluster.kind == "address"
     assert run.cluster.address == "tcp://scheduler:8786"
+
+
+# --------------------------------------------------------------------------------------------
+# compose.yaml for real: podman + podman-compose (scripts/setup_podman)
+
+SETUP_PODMAN = REPO / "scripts" / "setup_podman"
+
+
+def _tail(path: Path, n: int = 4000) -> str:
+    return path.read_text(errors="replace")[-n:] if path.exists() else ""
+
+
+def _run_logged(argv: list[str], log: Path, timeout: float) -> int:
+    """Run argv with stdout+stderr to log; on timeout end its whole process group and return -9."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(timeout=20)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+            out.write(f"\n[test] timed out after {timeout:g} s\n".encode())
+            return -9
+
+
+def _build_context(dest: Path) -> Path:
+    """The files git tracks, as they are in the work tree (a fresh clone's content: no .venv, runs/,
+    caches or other untracked files), copied to dest; the repo root itself when git is unavailable."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return REPO
+    for name in filter(None, listed.decode().split("\0")):
+        source = REPO / name
+        if source.is_file():  # not deleted in the work tree
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def compose_image(compose, tmp_path_factory):
+    """(path of podman-compose, image name) once scripts/setup_podman has run and the image that
+    docker/compose.yaml names has been built from the repo.  Skips when podman cannot be set up,
+    unless GMM_REQUIRE_CONTAINER=1 (CI), where that is a failure."""
+    required = os.environ.get("GMM_REQUIRE_CONTAINER") == "1"
+    podman_compose = ""
+    try:
+        out = subprocess.run([str(SETUP_PODMAN)], capture_output=True, text=True, timeout=600)
+        output = f"exit code {out.returncode}\n{out.stderr}\n{out.stdout}"
+        if out.returncode == 0 and out.stdout.strip():
+            podman_compose = out.stdout.strip().splitlines()[-1]
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        output = f"{type(exc).__name__}: {exc}"
+    if not podman_compose:
+        message = f"scripts/setup_podman could not set up podman:\n{output}"
+        if required:
+            pytest.fail(message + "\n(GMM_REQUIRE_CONTAINER=1, so this is a failure, not a skip)")
+        pytest.skip(message.splitlines()[0] + " " + output.strip().splitlines()[-1][:200]
+                    + " (set GMM_REQUIRE_CONTAINER=1 to make this a failure)")
+
+    # Build once (`up --build` would build the same image once per service, four at a time).
+    (image,) = {service["image"] for service in compose["services"].values()}
+    tmp = tmp_path_factory.mktemp("podman_build")
+    context = _build_context(tmp / "context")
+    log = tmp / "build.log"
+    rc = _run_logged(["podman", "build", "-f", str(context / "docker" / "Dockerfile"), "-t", image, str(context)],
+                     log, timeout=600)
+    assert rc == 0, f"podman build of {image} failed (exit {rc}):\n{_tail(log)}"
+    return podman_compose, image
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # on a fresh machine about 7 min: setup_podman, the image build, the run
+def test_compose_runs_the_demo_for_real(compose, compose_image, tmp_path):
+    """docker/compose.yaml under podman-compose: the scheduler, two workers and the job run, the
+    job exits 0, and its outputs in the runs volume are a real fit of docker/job.yaml."""
+    import numpy as np
+    import zarr
+
+    from pipeline import GaussianMixture
+
+    podman_compose, image = compose_image
+    project = f"gmm-test-{uuid.uuid4().hex[:8]}"  # own containers, network and volumes
+    # The dashboard on a free loopback port: 8787 may be taken on a shared machine.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    override = tmp_path / "compose.override.yaml"
+    override.write_text(f'services:\n  scheduler:\n    ports: !override\n      - "127.0.0.1:{port}:8787"\n')
+    base = [podman_compose, "-p", project, "-f", str(DOCKER / "compose.yaml"), "-f", str(override)]
+    log = tmp_path / "compose.log"
+    cfg = job_config()
+    try:
+        rc = _run_logged(base + ["up", "--abort-on-container-exit", "--exit-code-from", "job"], log, timeout=600)
+        assert rc == 0, f"compose up: the job exited {rc}:\n{_tail(log)}"
+
+        runs = subprocess.run(["podman", "volume", "inspect", "--format", "{{.Mountpoint}}", f"{project}_runs"],
+                              capture_output=True, text=True, timeout=60)
+        assert runs.returncode == 0, runs.stderr
+        out = Path(runs.stdout.strip()) / Path(cfg["output"]["dir"]).relative_to("/runs")
+        assert out.is_dir(), f"no {cfg['output']['dir']} in the runs volume:\n{_tail(log)}"
+
+        report = json.loads((out / "report.json").read_text())
+        selected = report["selected"]
+        k, covariance_type = cfg["model"]["n_components"], cfg["model"]["covariance_type"]
+        assert selected["name"] == f"k{k}-{covariance_type}"
+        assert (selected["n_components"], selected["covariance_type"]) == (k, covariance_type)
+        assert math.isfinite(selected["loglik"]) and math.isfinite(selected["bic"])
+        assert selected["n_iter"] >= 1
+        assert math.isclose(sum(selected["weights"]), 1.0, rel_tol=1e-9)
+        generated = cfg["data"]["generate"]
+        assert report["data"]["shape"] == [generated["n_samples"], generated["n_features"]]
+        assert report["cluster"]["scheduler_address"].endswith(":8786")
+        assert report["cluster"]["n_workers"] == 2  # both compose workers served the fit
+        assert report["cluster"]["worker_memory_limit"] == 2 * 2**30  # their --memory-limit 2GiB
+
+        model = GaussianMixture.load(out / "model.npz")
+        assert model.means_.shape == (k, generated["n_features"])
+        assert np.allclose(model.means_, np.asarray(selected["means"]))
+        labels = zarr.open_array(str(out / "labels.zarr"), mode="r")[:]
+        assert labels.shape == (generated["n_samples"],)
+        assert labels.min() >= 0 and labels.max() < k
+        assert len(np.unique(labels)) == k  # five well-separated generated clusters, five labels
+    finally:
+        _run_logged(base + ["down", "-v"], log, timeout=300)
+        for volume in compose["volumes"]:  # in case `down` failed half-way
+            subprocess.run(["podman", "volume", "rm", "-f", f"{project}_{volume}"], capture_output=True, timeout=60)
