@@ -315,6 +315,15 @@ def test_convert_writes_parquet_to_the_store_and_a_failed_conversion_leaves_noth
     so = {"endpoint_url": fs.endpoint_url}
     np.testing.assert_array_equal(open_dataset(f"s3://{name}/t.zarr", storage_options=so).compute(), X)
     np.testing.assert_array_equal(zarr.open_group(f"s3://{name}/t.zarr", mode="r", storage_options=so)["w"][:], w)
+    # input on the store too: Parquet, and CSV with a header, read through fsspec's file objects
+    fs.put(str(tmp_path / "t.parquet"), f"{name}/in/t.parquet")
+    np.savetxt(tmp_path / "t.csv", np.column_stack([X, w]), delimiter=",", header="a,b,c,w", comments="")
+    fs.put(str(tmp_path / "t.csv"), f"{name}/in/t.csv")
+    for src in ("t.parquet", "t.csv"):
+        r = subprocess.run([*CLI, "convert", f"s3://{name}/in/{src}", tmp_path / f"{src}.zarr", "--columns", "c,a",
+                            *opt], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        np.testing.assert_array_equal(open_dataset(tmp_path / f"{src}.zarr").compute(), X[:, [2, 0]])
 
     w_bad = pa.array(np.where(np.arange(2500) == 2100, np.nan, w), mask=np.arange(2500) == 2100)
     pq.write_table(table.set_column(3, "w", w_bad), tmp_path / "bad.parquet", row_group_size=700)

@@ -32,8 +32,8 @@ import zarr
 from pipeline.data.zarr_io import check_shape_dtype
 from pipeline.exceptions import DataError, OutputExistsError
 from pipeline.options import STORE_CHUNK_ROWS
-from pipeline.storage.atomic import location, write_dir_atomically
-from pipeline.storage.stores import location_of, zarr_destination
+from pipeline.storage.atomic import write_dir_atomically
+from pipeline.storage.stores import StorePath, location_of, zarr_destination
 
 #: bytes of values per Parquet batch, and of text per CSV block
 BATCH_BYTES = 4 << 20
@@ -97,7 +97,7 @@ def convert(
     a missing weight, a ragged text line, an empty file, or a .npy array not numeric and 2-D.
     OutputExistsError if ``out_path`` exists and ``overwrite`` is False.
     """
-    src = Path(location(in_path))
+    src = location_of(in_path, storage_options)
     final = location_of(out_path, storage_options)
     if not src.exists():
         raise DataError(f"{src} does not exist")
@@ -109,6 +109,8 @@ def convert(
         )
     suffix = src.suffix.lower()
     if suffix == ".npy":
+        if isinstance(src, StorePath):
+            raise DataError(f"{src}: a .npy file is memory-mapped, so it must be a local file; copy it here first")
         if columns is not None or weights is not None:
             raise DataError(f"{src}: columns and weights can be chosen in Parquet and text files only; "
                             f"slice a .npy array with NumPy first (x[:, [0, 2]])")
@@ -262,7 +264,7 @@ def _parquet_source(src: Path, columns, weights) -> _Source:
     """The selected columns of a Parquet file, checked numeric; nulls become NaN in X, a null
     weight is an error naming the row group and row."""
     try:
-        with pq.ParquetFile(src) as pf:
+        with src.open("rb") as f, pq.ParquetFile(f) as pf:
             schema = pf.schema_arrow
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{src}: cannot read as Parquet: {_one_line(exc)}") from None
@@ -280,7 +282,7 @@ def _parquet_source(src: Path, columns, weights) -> _Source:
 
     def batches() -> Batches:
         row = 0
-        with pq.ParquetFile(src) as pf:
+        with src.open("rb") as f, pq.ParquetFile(f) as pf:
             for group in range(pf.num_row_groups):
                 reader = pf.iter_batches(batch_size=batch_rows, row_groups=[group], columns=wanted)
                 while (batch := _next_batch(reader, f"{src}, row group {group}")) is not None:
@@ -339,7 +341,7 @@ class _TextFile:
 
     def batches(self, x: list[int], w: int | None) -> Batches:
         """X's columns ``x`` and the weights column ``w`` of each block of rows."""
-        if self.start == self.src.stat().st_size:  # nothing after the header: pyarrow refuses an empty stream
+        if self.start == _size(self.src):  # nothing after the header: pyarrow refuses an empty stream
             return
         invalid: list[pa_csv.InvalidRow] = []
         chosen = [str(i) for i in x + ([] if w is None else [w])]
@@ -348,7 +350,7 @@ class _TextFile:
         parse = pa_csv.ParseOptions(delimiter=self.delimiter or "\t",
                                     invalid_row_handler=lambda row: invalid.append(row) or "error")
         convert_options = pa_csv.ConvertOptions(include_columns=chosen, column_types={c: pa.string() for c in chosen})
-        with open(self.src, "rb") as f:
+        with self.src.open("rb") as f:
             f.seek(self.start)
             stream = f if self.delimiter else _SpacesToTabs(f)
             try:
@@ -397,7 +399,7 @@ class _TextFile:
     def _line(self, row: int) -> tuple[int, str]:
         """(line number, text) of pyarrow's 1-based row ``row``: the ``row``-th line after the
         header that pyarrow does not skip (empty lines; lines of spaces in whitespace-separated text)."""
-        with open(self.src, "rb") as f:
+        with self.src.open("rb") as f:
             f.seek(self.start)
             kept = ((n, raw) for n, raw in enumerate(f, start=self.base + 1)
                     if (raw.strip() if self.delimiter is None else raw.rstrip(b"\r\n")))
@@ -409,12 +411,17 @@ def _first_content_line(src: Path) -> tuple[int, int, int, str] | None:
     """(line number, byte offsets of its start and end, stripped text) of the first line that is
     not blank, or None."""
     offset = 0
-    with open(src, "rb") as f:
+    with src.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
             if raw.strip():
                 return lineno, offset, offset + len(raw), raw.decode("utf-8", "replace").strip().lstrip("\ufeff")
             offset += len(raw)
     return None
+
+
+def _size(src) -> int:
+    """Bytes in a local file or a store's object."""
+    return src.size() if isinstance(src, StorePath) else src.stat().st_size
 
 
 def _detect_delimiter(line: str) -> str | None:

@@ -159,6 +159,18 @@ class StorePath:
     def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
         """Nothing to do: a prefix exists once a key under it does."""
 
+    @property
+    def suffix(self) -> str:
+        name = self.name
+        return name[name.rfind("."):] if "." in name.lstrip(".") else ""
+
+    def open(self, mode: str = "rb"):
+        """A file object of the object (fsspec's: reads in blocks, seekable)."""
+        return self.fs.open(self.key, mode)
+
+    def size(self) -> int:
+        return int(self._fresh().size(self.key))
+
     def read_bytes(self) -> bytes:
         return self.fs.cat_file(self.key)
 
