@@ -69,7 +69,7 @@ class CountingReads:
 
 
 @pytest.mark.filterwarnings("ignore::pipeline.exceptions.ConvergenceWarning")
-def test_passes_are_counted_independently_and_the_sample_start_needs_one(tmp_path, data):
+def test_passes_are_counted_independently_and_the_sample_start_needs_no_pass_of_its_own(tmp_path, data):
     import zarr
 
     from pipeline import open_dataset
@@ -83,9 +83,9 @@ def test_passes_are_counted_independently_and_the_sample_start_needs_one(tmp_pat
             ic = GaussianMixtureIC(n_components=ks, covariance_type=["full", "diag"], random_state=0, cache="none",
                                    init_sample=init_sample, n_init=3).fit(X)
         assert counter.reads == ic.n_passes_
-        # the summary pass, the sample's pass, and the EM passes of the slowest candidate + its scores
+        # the summary pass (which draws the sample), the slowest candidate's EM passes + its scores
         slowest = max(c["n_iter"] for c in ic.criteria_)
-        assert ic.n_passes_ == 2 + slowest + 1 == 2 + ic.n_em_passes_
+        assert ic.n_passes_ == 1 + slowest + 1 == 1 + ic.n_em_passes_
         assert ic.init_sample_rows_ == (len(data) if init_sample > len(data) else pytest.approx(1000, rel=0.2))
         assert (ic.n_components_, ic.covariance_type_) == (3, "full")
         # every candidate meets tol on an exact iteration over the whole data
@@ -121,3 +121,29 @@ def test_the_selected_model_answers_and_the_estimator_clones(data):
         GaussianMixtureIC(n_components=[2], covariance_type=["full", "VVV"]).fit(data)
     with pytest.raises(ValueError, match="'criterion' must be one of bic, icl"):
         GaussianMixtureIC(criterion="aicc").fit(data)
+
+
+def test_the_summary_pass_draws_a_reproducible_uniform_sample_and_its_figures_are_unchanged(data):
+    from pipeline.engine.summary import summarize
+
+    X = data.copy()
+    X[::7, 1] = np.nan
+    Xd = da.from_array(X, chunks=(700, 3))
+    w = np.random.default_rng(1).uniform(0.5, 2.0, size=len(X))
+    w[::5] = 0.0
+    for policy in ("omit", "marginalize"):
+        plain = summarize(Xd, "X", policy, w)
+        a = summarize(Xd, "X", policy, w, sample=(0.3, 11))
+        b = summarize(Xd, "X", policy, w, sample=(0.3, 11))
+        np.testing.assert_array_equal(a.per_chunk, plain.per_chunk)  # the summary itself is the same
+        np.testing.assert_array_equal(a.mean, plain.mean)
+        np.testing.assert_array_equal(a.sample[0], b.sample[0])  # reproducible from the seed
+        rows, weights = a.sample
+        assert abs(len(rows) - 0.3 * 0.8 * len(X) * (6 / 7 if policy == "omit" else 1)) < 0.1 * len(rows)
+        assert np.all(weights > 0) and (policy != "omit" or not np.isnan(rows).any())
+        index = {tuple(np.nan_to_num(r, nan=-99.0)): i for i, r in enumerate(X)}
+        found = np.array([index[tuple(np.nan_to_num(r, nan=-99.0))] for r in rows])
+        np.testing.assert_array_equal(weights, w[found])  # each sampled row carries its own weight
+        assert np.all(np.diff(found) > 0)  # rows in order, each at most once
+    other = summarize(Xd, "X", "omit", w, sample=(0.3, 12)).sample[0]
+    assert len(other) != len(a.sample[0]) or not np.array_equal(other, a.sample[0])

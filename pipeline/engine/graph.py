@@ -175,6 +175,28 @@ def reduce_blocks(X, kernel: Callable, length: int, *args, **kwargs) -> np.ndarr
     return out
 
 
+def per_block_and_rows(X, kernel: Callable, length: int, args: tuple, row_kernel: Callable, row_args: tuple):
+    """:func:`per_block` of ``kernel`` and, from the same reads of the chunks (one pass),
+    ``row_kernel(block, *row_args, block_id=(i, 0))`` of every chunk: a 2-D float64 array of any
+    number of rows (a sample of the chunk's rows, say).  Returns (the (n_chunks, length) array,
+    the list of row arrays)."""
+    name, keys, deps, layer = _chunk_tasks(X, kernel, args, {})
+    row_name, row_keys, row_deps, row_layer = _chunk_tasks(X, row_kernel, row_args, {"pass_block_id": True})
+    if not keys:
+        return np.zeros((0, length)), []
+    layer.update(row_layer)
+    layer[(name, "both")] = Task((name, "both"), _stack_and_list, List(*map(TaskRef, keys)),
+                                 List(*map(TaskRef, row_keys)))
+    stack, rows = _compute_layer(name, layer, deps + row_deps[len(_aligned(X)):], (name, "both"))
+    if stack.shape != (len(keys), length):
+        raise ValueError(f"{funcname(kernel)} returned rows of shape {stack.shape[1:]}, expected ({length},)")
+    return stack, rows
+
+
+def _stack_and_list(parts, rows):
+    return np.stack(parts), list(rows)
+
+
 def per_block(X, kernel: Callable, length: int, *args, **kwargs) -> np.ndarray:
     """``kernel(block)`` for every row chunk, as a (n_chunks, length) array on the driver."""
     name, keys, deps, layer = _chunk_tasks(X, kernel, args, kwargs)

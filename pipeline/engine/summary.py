@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import dask.array as da
 import numpy as np
 
-from pipeline.engine.graph import per_block
+from pipeline.engine.graph import per_block, per_block_and_rows
 from pipeline.exceptions import DataError
 from pipeline.kernels.cpu import nan_mask
 
@@ -36,6 +36,8 @@ class DataSummary:
     n_missing: int = 0
     complete: "DataSummary | None" = None  # the summary of the complete rows (with missing values)
     weighted: bool = False  # mean and var weighted by the sample weights (n_samples stays the row count)
+    #: (rows (m, D) float64, their weights (m,)): the uniform sample drawn in the same pass, if asked
+    sample: tuple | None = None
 
     def complete_rows(self) -> "DataSummary":
         """The summary of the rows without NaN (this one when every row is complete)."""
@@ -139,8 +141,41 @@ def _chunk_list(bad, starts, describe):
     return where + (f"; and {bad.size - 5} more chunks" if bad.size > 5 else "")
 
 
-def summarize(X: da.Array, name: str = "data", nan_policy: str = "raise", weights=None) -> DataSummary:
+def _sample_kernel(block, fraction, seed, omit, block_id=None):
+    """Each row kept with probability ``fraction`` (from ``default_rng([seed, chunk])``), as
+    float64 with a last column of ones (its weight); with ``omit`` rows with a NaN are left out."""
+    return _weighted_sample_kernel(block, None, fraction, seed, omit, block_id)
+
+
+def _weighted_sample_kernel(block, weights, fraction, seed, omit, block_id=None):
+    """:func:`_sample_kernel` with the rows' weights last (rows of weight 0 left out)."""
+    x = np.asarray(block)
+    keep = np.random.default_rng([seed, block_id[0]]).random(x.shape[0]) < fraction
+    w = np.ones(x.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+    keep &= w > 0
+    if omit:
+        keep &= ~nan_mask(x).any(axis=1)
+    return np.column_stack([x[keep].astype(np.float64), w[keep]])
+
+
+def _one_pass(X, weights, kernel, length, sample):
+    """``per_block`` of the summary kernel, and the sample's rows from the same pass if asked."""
+    data = X if weights is None else (X, weights)
+    if sample is None:
+        return per_block(data, kernel, length), None
+    fraction, seed, omit = sample
+    rows, parts = per_block_and_rows(data, kernel, length, (), _sample_kernel if weights is None
+                                     else _weighted_sample_kernel, (fraction, seed, omit))
+    both = np.concatenate(parts) if parts else np.zeros((0, X.shape[1] + 1))
+    return rows, (both[:, :-1], both[:, -1])
+
+
+def summarize(X: da.Array, name: str = "data", nan_policy: str = "raise", weights=None, sample=None) -> DataSummary:
     """One pass: row count, per-feature mean and variance, and a finiteness check.
+
+    ``sample=(fraction, seed)``: the same pass also draws each row with probability ``fraction``
+    (reproducibly: ``default_rng([seed, chunk index])``; rows of weight 0, and under "omit" rows
+    with a NaN, left out) into ``summary.sample``, (rows, weights) as float64 on the driver.
 
     ``weights`` (n,) (validated by the caller; rechunked to X's rows): the mean and variance
     are weighted, as for the data with row i repeated w_i times (``n_samples`` stays the
@@ -153,13 +188,14 @@ def summarize(X: da.Array, name: str = "data", nan_policy: str = "raise", weight
     """
     if weights is not None:
         weights = _aligned_weights(weights, X)
+    sample = None if sample is None else (*sample, nan_policy == "omit")
     if nan_policy != "raise":
-        return _summarize_missing(X, name, nan_policy, weights)
+        return _summarize_missing(X, name, nan_policy, weights, sample)
     n_features = X.shape[1]
     if weights is None:
-        rows = per_block(X, _summary_kernel, 3 + 2 * n_features)
+        rows, drawn = _one_pass(X, None, _summary_kernel, 3 + 2 * n_features, sample)
     else:
-        rows = per_block((X, weights), _weighted_summary_kernel, 4 + 2 * n_features)
+        rows, drawn = _one_pass(X, weights, _weighted_summary_kernel, 4 + 2 * n_features, sample)
     counts, nans, infs = rows[:, 0], rows[:, 1], rows[:, 2]
     bad = np.nonzero((nans > 0) | (infs > 0))[0]
     if bad.size:
@@ -172,15 +208,13 @@ def summarize(X: da.Array, name: str = "data", nan_policy: str = "raise", weight
         )
     means, m2s = rows[:, 3 : 3 + n_features], rows[:, 3 + n_features : 3 + 2 * n_features]
     mean, var = _pooled(counts if weights is None else rows[:, -1], means, m2s)
-    return DataSummary(int(counts.sum()), n_features, mean, var, tuple(X.chunks[0]), rows, weighted=weights is not None)
+    return DataSummary(int(counts.sum()), n_features, mean, var, tuple(X.chunks[0]), rows, weighted=weights is not None,
+                       sample=drawn)
 
 
-def _summarize_missing(X: da.Array, name: str, nan_policy: str, weights=None) -> DataSummary:
+def _summarize_missing(X: da.Array, name: str, nan_policy: str, weights=None, sample=None) -> DataSummary:
     d = X.shape[1]
-    if weights is None:
-        rows = per_block(X, _missing_summary_kernel, 5 + 5 * d)
-    else:
-        rows = per_block((X, weights), _missing_summary_kernel, 6 + 5 * d)
+    rows, drawn = _one_pass(X, weights, _missing_summary_kernel, 5 + 5 * d + (weights is not None), sample)
     counts, nans, infs, complete, all_nan = (rows[:, i] for i in range(5))
     starts = np.concatenate([[0], np.cumsum(X.chunks[0])])
     bad = np.nonzero(infs > 0)[0]
@@ -203,7 +237,7 @@ def _summarize_missing(X: da.Array, name: str, nan_policy: str, weights=None) ->
     kept = tuple(int(c) for c in complete)
     complete_summary = DataSummary(n_complete, d, mean_c, var_c, kept, rows, nan_policy, n_complete, weighted=weighted)
     common = dict(nan_policy=nan_policy, n_rows=n_rows, n_incomplete=n_rows - n_complete, n_missing=int(nans.sum()),
-                  complete=complete_summary, weighted=weighted)
+                  complete=complete_summary, weighted=weighted, sample=drawn)
     if nan_policy == "omit":
         if n_complete == 0:
             raise DataError(f"{name}: every one of its {n_rows} rows has a missing value (NaN): nan_policy='omit' "

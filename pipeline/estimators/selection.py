@@ -18,8 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 from pipeline.core.state import EMResult
 from pipeline.engine.em import warn_not_converged
 from pipeline.engine.graph import counting_passes, record_pass
-from pipeline.engine.init import sample_rows
-from pipeline.engine.missing import complete_rows, initialisation_data
+from pipeline.engine.missing import INIT_MIN_COMPLETE_PER_PARAMETER, complete_rows, initialisation_data
 from pipeline.engine.resources import should_cache, single_threaded_blas
 from pipeline.engine.summary import summarize
 from pipeline.engine.sweep import LockstepRun, run_lockstep
@@ -62,12 +61,12 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
         As for :class:`pipeline.GaussianMixture`, for every candidate.
     init_sample : int or None
         Where the candidates start (default 100,000).  An integer: a uniform sample of about that
-        many rows is drawn in one pass and held in memory on the driver (rows x features x 8
+        many rows is drawn in the summary pass and held in memory on the driver (rows x features x 8
         bytes: 12.8 MB for 16 features); every candidate's ``n_init`` initialisations
         (``init_params``, the same strategies) are made on it and each refined by at most 20 EM
         iterations there, and only the best of them (the highest sample log-likelihood) goes to
-        the data.  The initialisation then costs one pass for the whole sweep, and more
-        restarts cost no pass at all.  None: every restart is initialised on the data and run
+        the data.  The initialisation then costs no pass of its own, whatever the number of
+        candidates and restarts.  None: every restart is initialised on the data and run
         on it, exactly as ``GaussianMixture(...).fit`` would (its passes, its result).
 
     Attributes
@@ -174,7 +173,11 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
             record_pass()  # persisting reads every chunk once
             X = X.persist()
             weights = None if weights is None else weights.persist()
-        summary = summarize(X, "X", self.nan_policy, weights)
+        sample = None
+        if self.init_sample is not None:  # drawn in the summary pass
+            seed = int(self._estimator(1, "full")._rng().integers(2**31))
+            sample = (min(1.0, int(self.init_sample) / X.shape[0]), seed)
+        summary = summarize(X, "X", self.nan_policy, weights, sample=sample)
         marginalize = self.nan_policy == "marginalize" and summary.n_incomplete > 0
         init_X, init_summary, init_weights = X, summary, weights
         if self.nan_policy == "omit":
@@ -187,7 +190,7 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
             runs = [_starts(est, self.n_init, init_X, init_summary, init_weights, dtype, est._updater(summary))
                     for est in estimators]
         else:
-            starts = self._starts_from_sample(estimators, init_X, init_summary, init_weights, dtype)
+            starts = self._starts_from_sample(estimators, summary, dtype, weighted=weights is not None)
             runs = [[LockstepRun(r.params, est._updater(summary), status="running" if r.params is not None else "failed",
                                  reason=r.reason)] for r, est in zip(starts, estimators)]
         n_em = run_lockstep(X, [r for rs in runs for r in rs], tol=self.tol, max_iter=self.max_iter, dtype=dtype,
@@ -208,20 +211,30 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
         b = self.best_estimator_
         warn_not_converged(EMResult(b._mixture, b.history_, b.converged_, b.n_iter_), self.max_iter)
 
-    def _starts_from_sample(self, estimators, X, summary, weights, dtype) -> list:
-        """One start (a run on the sample) per candidate from a uniform sample of at most ``init_sample`` rows (one
-        pass), held in memory: each candidate's ``n_init`` initialisations are made on it, each
+    def _starts_from_sample(self, estimators, summary, dtype, weighted: bool) -> list:
+        """One start (a run on the sample) per candidate from the uniform sample of about
+        ``init_sample`` rows drawn in the summary pass, held in memory (under
+        ``nan_policy="marginalize"`` its complete rows if there are enough of them, as for a fit,
+        else every row with its NaN replaced by the feature's mean): each candidate's ``n_init``
+        initialisations are made on it, each
         followed by at most ``SAMPLE_EM_ITER`` EM iterations there (all in lockstep, on the
         driver), and the restart of the highest sample log-likelihood is the start on the data
         (a candidate whose every restart failed on the sample starts from its first one)."""
-        S, Sw = sample_rows(X, int(self.init_sample), summary, self._estimator(1, "full")._rng(), weights)
+        S, Sw = summary.sample
+        if summary.n_incomplete and self.nan_policy == "marginalize":
+            complete = ~np.isnan(S).any(axis=1)
+            k_max = max(est.n_components for est in estimators)
+            if complete.sum() >= INIT_MIN_COMPLETE_PER_PARAMETER * k_max * (S.shape[1] + 1):
+                S, Sw = S[complete], Sw[complete]
+            else:
+                S = np.where(np.isnan(S), summary.mean, S)
         self.init_sample_rows_ = len(S)
         if len(S) < max(est.n_components for est in estimators):
             raise DataError(f"X: the initialisation sample has {len(S)} rows, fewer than the largest n_components; "
                             "raise init_sample")
         with counting_passes(), dask.config.set(scheduler="sync"):  # in memory: no pass over the data
             Sd = da.from_array(S, chunks=(max(1, min(len(S), 65536)), S.shape[1]))
-            Swd = None if weights is None else da.from_array(Sw, chunks=(Sd.chunks[0],))
+            Swd = da.from_array(Sw, chunks=(Sd.chunks[0],)) if weighted else None
             s_summary = summarize(Sd, "the initialisation sample", "raise", Swd)
             runs = [_starts(est, self.n_init, Sd, s_summary, Swd, dtype, est._updater(s_summary)) for est in estimators]
             run_lockstep(Sd, [r for rs in runs for r in rs], tol=self.tol, max_iter=min(self.max_iter, SAMPLE_EM_ITER),
