@@ -29,8 +29,13 @@ from pipeline.exceptions import CovarianceError, DataError
 from pipeline.families import MCLUST_MODELS, get_family
 
 CRITERIA = ("bic", "icl")
-#: EM iterations on the initialisation sample, per restart
+#: on the initialisation sample: starts per n_init, the EM iterations each of them gets, and the
+#: iterations the best of a candidate's starts gets in all before it goes to the data
+SAMPLE_STARTS_PER_INIT = 5
+SHORT_EM_ITER = 5
 SAMPLE_EM_ITER = 20
+#: chunks of the sample (threads on the driver)
+SAMPLE_CHUNKS = 8
 
 
 class GaussianMixtureIC(DensityMixin, BaseEstimator):
@@ -60,13 +65,14 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
     dtype, cache, chunk_rows, nan_policy :
         As for :class:`pipeline.GaussianMixture`, for every candidate.
     init_sample : int or None
-        Where the candidates start (default 100,000).  An integer: a uniform sample of about that
+        Where the candidates start (default 20,000).  An integer: a uniform sample of about that
         many rows is drawn in the summary pass and held in memory on the driver (rows x features x 8
-        bytes: 12.8 MB for 16 features); every candidate's ``n_init`` initialisations
-        (``init_params``, the same strategies) are made on it and each refined by at most 20 EM
-        iterations there, and only the best of them (the highest sample log-likelihood) goes to
-        the data.  The initialisation then costs no pass of its own, whatever the number of
-        candidates and restarts.  None: every restart is initialised on the data and run
+        bytes: 2.6 MB for 16 features).  There each candidate gets ``5 * n_init`` initialisations
+        (``init_params``, the same strategies, drawn in turn from one generator seeded by
+        ``random_state``), each followed by 5 EM iterations ("small EM", Biernacki, Celeux and
+        Govaert 2003); the best of them (the highest sample log-likelihood) goes on to at most 20
+        iterations there, then to the data.  The initialisation costs no pass of its own,
+        whatever the number of candidates and restarts.  None: every restart is initialised on the data and run
         on it, exactly as ``GaussianMixture(...).fit`` would (its passes, its result).
 
     Attributes
@@ -100,7 +106,7 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
         cache="auto",
         chunk_rows="auto",
         nan_policy="raise",
-        init_sample=100_000,
+        init_sample=20_000,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -191,8 +197,9 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
                     for est in estimators]
         else:
             starts = self._starts_from_sample(estimators, summary, dtype, weighted=weights is not None)
-            runs = [[LockstepRun(r.params, est._updater(summary), status="running" if r.params is not None else "failed",
-                                 reason=r.reason)] for r, est in zip(starts, estimators)]
+            runs = [[LockstepRun(r.params, est._updater(summary), status="failed" if r.status == "failed" else "running",
+                                 reason=r.reason and f"on the initialisation sample: {r.reason}")]
+                    for r, est in zip(starts, estimators)]
         n_em = run_lockstep(X, [r for rs in runs for r in rs], tol=self.tol, max_iter=self.max_iter, dtype=dtype,
                             weights=weights, marginalize=marginalize, callback=self._progress)
         out_dtype = "float32" if X.dtype == np.float32 and dtype == "float32" else "float64"
@@ -215,11 +222,11 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
         """One start (a run on the sample) per candidate from the uniform sample of about
         ``init_sample`` rows drawn in the summary pass, held in memory (under
         ``nan_policy="marginalize"`` its complete rows if there are enough of them, as for a fit,
-        else every row with its NaN replaced by the feature's mean): each candidate's ``n_init``
-        initialisations are made on it, each
-        followed by at most ``SAMPLE_EM_ITER`` EM iterations there (all in lockstep, on the
-        driver), and the restart of the highest sample log-likelihood is the start on the data
-        (a candidate whose every restart failed on the sample starts from its first one)."""
+        else every row with its NaN replaced by the feature's mean): each candidate's
+        ``SAMPLE_STARTS_PER_INIT * n_init`` initialisations are made on it, each followed by
+        ``SHORT_EM_ITER`` EM iterations (all in lockstep, on the driver's threads); the start of
+        the highest sample log-likelihood goes on to ``SAMPLE_EM_ITER`` iterations and is the
+        start on the data (a candidate whose every start failed on the sample fails)."""
         S, Sw = summary.sample
         if summary.n_incomplete and self.nan_policy == "marginalize":
             complete = ~np.isnan(S).any(axis=1)
@@ -232,17 +239,23 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
         if len(S) < max(est.n_components for est in estimators):
             raise DataError(f"X: the initialisation sample has {len(S)} rows, fewer than the largest n_components; "
                             "raise init_sample")
-        with counting_passes(), dask.config.set(scheduler="sync"):  # in memory: no pass over the data
-            Sd = da.from_array(S, chunks=(max(1, min(len(S), 65536)), S.shape[1]))
+        # in memory, on the driver's threads: no pass over the data
+        with counting_passes(), dask.config.set(scheduler="threads"):
+            Sd = da.from_array(S, chunks=(max(1, -(-len(S) // SAMPLE_CHUNKS)), S.shape[1]))
             Swd = da.from_array(Sw, chunks=(Sd.chunks[0],)) if weighted else None
             s_summary = summarize(Sd, "the initialisation sample", "raise", Swd)
-            runs = [_starts(est, self.n_init, Sd, s_summary, Swd, dtype, est._updater(s_summary)) for est in estimators]
-            run_lockstep(Sd, [r for rs in runs for r in rs], tol=self.tol, max_iter=min(self.max_iter, SAMPLE_EM_ITER),
+            runs = [_starts(est, self.n_init * SAMPLE_STARTS_PER_INIT, Sd, s_summary, Swd, dtype,
+                            est._updater(s_summary)) for est in estimators]
+            run_lockstep(Sd, [r for rs in runs for r in rs], tol=self.tol, max_iter=min(self.max_iter, SHORT_EM_ITER),
                          dtype=dtype, weights=Swd)
-        starts = []
-        for rs in runs:
-            done = [r for r in rs if r.status != "failed" and r.scores is not None]
-            starts.append(max(done, key=lambda r: r.scores[0] / r.scores[1]) if done else rs[0])
+            starts = []
+            for rs in runs:  # each candidate's best short run goes on, then to the data
+                done = [r for r in rs if r.status != "failed" and r.scores is not None]
+                best = max(done, key=lambda r: r.scores[0] / r.scores[1]) if done else rs[0]
+                if best.status == "max_iter":
+                    best.status, best.scores = "running", None
+                starts.append(best)
+            run_lockstep(Sd, starts, tol=self.tol, max_iter=min(self.max_iter, SAMPLE_EM_ITER), dtype=dtype, weights=Swd)
         return starts
 
     def _progress(self, info):
