@@ -70,3 +70,8 @@ def __getattr__(name):
         globals()[name] = cls = _convergence_warning()
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class MemoryBudgetError(GMMPipelineError, MemoryError):
+    """What a computation would hold does not fit the memory it may use (a worker's memory
+    limit, the driver's memory): raised before any pass, with the figures and what to change."""

@@ -147,3 +147,30 @@ def test_the_summary_pass_draws_a_reproducible_uniform_sample_and_its_figures_ar
         assert np.all(np.diff(found) > 0)  # rows in order, each at most once
     other = summarize(Xd, "X", "omit", w, sample=(0.3, 12)).sample[0]
     assert len(other) != len(a.sample[0]) or not np.array_equal(other, a.sample[0])
+
+
+def test_a_sweep_that_cannot_fit_the_workers_memory_is_refused_before_any_pass(tmp_path):
+    import zarr
+    from distributed import Client, LocalCluster
+
+    from pipeline import open_dataset
+    from pipeline.exceptions import MemoryBudgetError
+
+    rng = np.random.default_rng(0)
+    z = zarr.create_array(tmp_path / "x.zarr", shape=(4000, 60), chunks=(1000, 60), dtype="f8")
+    z[:] = rng.normal(size=(4000, 60))
+    counter = CountingReads()
+    X = open_dataset(tmp_path / "x.zarr", chunk_rows=1000).map_blocks(counter, dtype=np.float64)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1", dashboard_address=None,
+                      memory_limit="400MiB") as cluster, Client(cluster):
+        # 15 x 14 candidates of up to 15 components in 60 dimensions: ~28 MiB of statistics per chunk
+        # task, and a tree sum holds 16 of them: more than 80% of 400 MiB
+        with pytest.raises(MemoryBudgetError, match=r"MiB per worker .* more than the smallest worker memory limit"):
+            GaussianMixtureIC(n_components=range(1, 16), covariance_type="all", cache="none").fit(X)
+        small = GaussianMixtureIC(n_components=[1, 2], covariance_type="diag", cache="none", random_state=0).fit(X)
+        assert small.memory_["worker_bytes"] < small.memory_["worker_budget"] == int(0.8 * 400 * 2**20)
+    assert counter.reads == 0  # (the counter of this process is not the workers': a pass there counts nothing here)
+    from pipeline.engine.resources import check_sweep_memory
+
+    with pytest.raises(MemoryBudgetError, match="on the driver .* more than this host's available"):
+        check_sweep_memory(X, 100, driver_bytes=2**60, fan_in=16)

@@ -70,10 +70,65 @@ def _memory_budget(client) -> float:
         limits = worker_memory_limits(client)
         if limits and all(limits):
             return 0.25 * sum(limits)
+    return 0.25 * host_available_memory()
+
+
+def host_available_memory() -> int:
+    """Bytes of memory available on this host."""
     try:
         import psutil
 
-        return 0.25 * psutil.virtual_memory().available
+        return int(psutil.virtual_memory().available)
     except ImportError:  # pragma: no cover
-        return 0.25 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
+
+#: a worker pauses at 80% of its memory limit (distributed's default worker.memory.pause)
+WORKER_PAUSE_FRACTION = 0.8
+
+
+def sweep_memory(X: da.Array, vector_floats: int, threads_per_worker: int, fan_in: int) -> int:
+    """Bytes a worker holds at most in one pass of a lockstep sweep (:mod:`pipeline.engine.sweep`):
+    per thread one chunk (and its float64 copy), the E-step's row-block temporaries
+    (``pipeline.kernels.cpu.FEATURES_BLOCK_BYTES``, three of them) and the chunk's statistics of
+    every run (``vector_floats`` float64, twice while they are concatenated), plus a tree sum's
+    ``fan_in`` vectors of statistics and its result."""
+    from pipeline.kernels.cpu import FEATURES_BLOCK_BYTES
+
+    chunk = max(X.chunks[0]) * X.shape[1] * (X.dtype.itemsize + 8)
+    stats = 8 * vector_floats
+    return threads_per_worker * (chunk + 3 * FEATURES_BLOCK_BYTES + 2 * stats) + (fan_in + 1) * stats
+
+
+def check_sweep_memory(X: da.Array, vector_floats: int, driver_bytes: int, fan_in: int) -> dict:
+    """Refuse, before any pass, a sweep whose worker or driver memory (:func:`sweep_memory`,
+    ``driver_bytes``) exceeds what it may use: the workers' smallest memory limit (up to the
+    fraction where distributed pauses them) on a cluster, else this host's available memory.
+    Returns the figures (bytes) for the report."""
+    client = distributed_client()
+    threads, limit, where = os.cpu_count() or 1, 0, "this host's available memory"
+    if client is not None:
+        info = client.scheduler_info(n_workers=-1).get("workers", {})
+        limits = [int(w.get("memory_limit") or 0) for w in info.values()]
+        threads = max([int(w.get("nthreads") or 1) for w in info.values()] or [1])
+        if limits and all(limits):
+            limit, where = int(WORKER_PAUSE_FRACTION * min(limits)), "the smallest worker memory limit (80%: pause)"
+    host = host_available_memory()
+    worker = sweep_memory(X, vector_floats, threads, fan_in)
+    from pipeline.exceptions import MemoryBudgetError
+
+    budget = limit or host
+    if worker > budget:
+        raise MemoryBudgetError(
+            f"a pass of this sweep needs about {worker / 2**20:,.0f} MiB per worker ({threads} threads x (a chunk of "
+            f"{max(X.chunks[0]):,} rows + statistics of every candidate) + the tree sum of {fan_in} statistics vectors "
+            f"of {8 * vector_floats / 2**20:,.1f} MiB), more than {where}, {budget / 2**20:,.0f} MiB: use smaller "
+            "chunks, fewer candidates per sweep, or workers with more memory"
+        )
+    if driver_bytes > host:
+        raise MemoryBudgetError(
+            f"the sweep needs about {driver_bytes / 2**20:,.0f} MiB on the driver (the initialisation sample and every "
+            f"candidate's parameters and statistics), more than this host's available {host / 2**20:,.0f} MiB: "
+            "lower init_sample or use fewer candidates per sweep"
+        )
+    return {"worker_bytes": worker, "worker_budget": budget, "driver_bytes": driver_bytes, "driver_budget": host}

@@ -16,10 +16,11 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils.validation import check_is_fitted
 
 from pipeline.core.state import EMResult
+from pipeline.core.stats import vector_length
 from pipeline.engine.em import warn_not_converged
-from pipeline.engine.graph import counting_passes, record_pass
+from pipeline.engine.graph import SPLIT_EVERY, counting_passes, record_pass
 from pipeline.engine.missing import INIT_MIN_COMPLETE_PER_PARAMETER, complete_rows, initialisation_data
-from pipeline.engine.resources import should_cache, single_threaded_blas
+from pipeline.engine.resources import check_sweep_memory, should_cache, single_threaded_blas
 from pipeline.engine.summary import summarize
 from pipeline.engine.sweep import LockstepRun, run_lockstep
 from pipeline.estimators.base import logger, verbose_logging
@@ -85,6 +86,12 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
         ``bic``, ``icl``, ``aic``, ``n_parameters``, ``n_iter``, ``converged``.
     n_passes_ : passes over the data that ``fit`` made: the summary, the initialisations' and
         the lockstep EM's.
+    memory_ : the memory estimate checked before the first pass (bytes): ``worker_bytes``, a
+        worker's most in one pass (per thread a chunk and every candidate's statistics, plus a
+        tree sum's vectors), against ``worker_budget`` (80% of the smallest worker memory limit,
+        or this host's available memory), and ``driver_bytes`` (the sample, the candidates'
+        parameters and statistics) against ``driver_budget``.  A sweep that does not fit is a
+        :class:`pipeline.exceptions.MemoryBudgetError` before any pass.
     n_components_, covariance_type_ : those of the selected candidate.
     """
 
@@ -179,6 +186,7 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
             record_pass()  # persisting reads every chunk once
             X = X.persist()
             weights = None if weights is None else weights.persist()
+        self.memory_ = self._check_memory(X, candidates)
         sample = None
         if self.init_sample is not None:  # drawn in the summary pass
             seed = int(self._estimator(1, "full")._rng().integers(2**31))
@@ -217,6 +225,19 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
         self.fit_seconds_ = time.perf_counter() - t_start
         b = self.best_estimator_
         warn_not_converged(EMResult(b._mixture, b.history_, b.converged_, b.n_iter_), self.max_iter)
+
+    def _check_memory(self, X, candidates) -> dict:
+        """Worker and driver memory of the sweep's passes against what they may use, before any
+        pass (:func:`pipeline.engine.resources.check_sweep_memory`)."""
+        d = X.shape[1]
+        per_data = self.n_init if self.init_sample is None else 1
+        lengths = [vector_length(ct, k, d) + 3 for k, ct in candidates]
+        params = [8 * k * (d * d + d + 1) * 3 for k, _ in candidates]  # weights, means, covariances, factors
+        on_sample = 0 if self.init_sample is None else SAMPLE_STARTS_PER_INIT * self.n_init
+        sample_rows = 0 if self.init_sample is None else min(int(self.init_sample) * 2, X.shape[0])
+        driver = (3 * 8 * sample_rows * (d + 1) + sum(params) * (on_sample + per_data)
+                  + 2 * 8 * sum(lengths) * per_data)
+        return check_sweep_memory(X, sum(lengths) * per_data, driver, SPLIT_EVERY)
 
     def _starts_from_sample(self, estimators, summary, dtype, weighted: bool) -> list:
         """One start (a run on the sample) per candidate from the uniform sample of about
