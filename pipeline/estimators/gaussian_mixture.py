@@ -31,6 +31,16 @@ from pipeline.options import CACHE_MODES, DTYPES, INIT_PARAMS, NAN_POLICIES, che
 from pipeline.storage.stores import location_of
 
 
+def criteria_from_sums(total: float, n, top: float, n_parameters: int) -> dict:
+    """``loglik`` (mean), ``n_samples``, ``n_parameters``, ``bic``, ``aic`` and ``icl`` from the
+    sums of one scoring pass: ``total`` = sum of log p(x), ``n`` the rows (or the total weight),
+    ``top`` = sum of log max_k r_k(x) (see :meth:`GaussianMixture.information_criteria`)."""
+    loglik, p = total / n, n_parameters
+    bic = -2 * loglik * n + p * np.log(n)
+    return {"loglik": loglik, "n_samples": n, "n_parameters": p, "bic": bic, "aic": -2 * loglik * n + 2 * p,
+            "icl": bic - 2 * top}
+
+
 class GaussianMixture(BaseMixture):
     """Gaussian mixture model fitted by EM on chunked (possibly larger-than-memory) data.
 
@@ -267,16 +277,7 @@ class GaussianMixture(BaseMixture):
         frequency weights (counts) for BIC, or rescale them so that they sum to the number of
         independent observations."""
         total, n, top = self._criteria_sums(X, sample_weight)
-        loglik, p = total / n, self._params().n_parameters()
-        bic = -2 * loglik * n + p * np.log(n)
-        return {
-            "loglik": loglik,
-            "n_samples": n,
-            "n_parameters": p,
-            "bic": bic,
-            "aic": -2 * loglik * n + 2 * p,
-            "icl": bic - 2 * top,
-        }
+        return criteria_from_sums(total, n, top, self._params().n_parameters())
 
     def _n_parameters(self):
         return self._params().n_parameters()

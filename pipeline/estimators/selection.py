@@ -24,7 +24,7 @@ from pipeline.engine.resources import check_sweep_memory, should_cache, single_t
 from pipeline.engine.summary import summarize
 from pipeline.engine.sweep import LockstepRun, run_lockstep
 from pipeline.estimators.base import logger, verbose_logging
-from pipeline.estimators.gaussian_mixture import GaussianMixture
+from pipeline.estimators.gaussian_mixture import GaussianMixture, criteria_from_sums
 from pipeline.estimators.validation import validate_input, validate_weights
 from pipeline.exceptions import CovarianceError, DataError
 from pipeline.families import MCLUST_MODELS, get_family
@@ -287,26 +287,11 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
         """The candidate's best restart as its fitted estimator, and its line of ``criteria_``."""
         entry = {"n_components": k, "covariance_type": ct, "status": "ok", "reason": None, "loglik": None,
                  "bic": None, "icl": None, "aic": None, "n_parameters": None, "n_iter": None, "converged": False}
-        done = [(i, r) for i, r in enumerate(rs) if r.status != "failed"]
-        if not done:
+        settled = settle_runs(est, rs, dtype, out_dtype)
+        if settled is None:
             return {**entry, "status": "failed", "reason": rs[0].reason}
-        best_i, best = done[0]
-        for i, r in done[1:]:
-            if r.result.lower_bound > best.result.lower_bound:
-                best_i, best = i, r
-        result = best.result
-        est._set_fitted(result, dtype, out_dtype)
-        est.best_init_ = best_i
-        est.init_history_ = [r.history for r in rs]
-        est.n_features_in_ = best.params.n_features
-        total, n, top = best.scores
-        loglik, p = total / n, best.params.n_parameters()
-        bic = -2 * total + p * np.log(n)
         self.estimators_[k, ct] = est
-        return {**entry, "loglik": loglik, "bic": float(bic), "icl": float(bic - 2 * top),
-                "aic": float(-2 * total + 2 * p), "n_parameters": int(p), "n_iter": result.n_iter,
-                "converged": bool(result.converged), "best_init": best_i,
-                "failed_restarts": [r.reason for r in rs if r.status == "failed"]}
+        return {**entry, **settled}
 
     # ------------------------------------------------------------------ the selected model
     def _best(self) -> GaussianMixture:
@@ -327,6 +312,31 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
 
     def fit_predict(self, X, y=None):
         return self.fit(X).predict(X)
+
+
+def settle_runs(est: GaussianMixture, rs: list[LockstepRun], dtype, out_dtype) -> dict | None:
+    """A candidate's lockstep runs (its restarts, stopped and scored) settled as ``est.fit``
+    settles its restarts: the one of the highest final lower bound (the first of equals) becomes
+    ``est``'s fitted state (``best_init_``, ``init_history_`` too).  Returns its figures from the
+    scoring pass (``loglik``, ``bic``, ``icl``, ``aic``, ``n_parameters``, ``n_iter``,
+    ``converged``, ``best_init``, ``failed_restarts``; the criteria as
+    ``GaussianMixture.information_criteria`` computes them), or None if every run failed."""
+    done = [(i, r) for i, r in enumerate(rs) if r.status != "failed"]
+    if not done:
+        return None
+    best_i, best = done[0]
+    for i, r in done[1:]:
+        if r.result.lower_bound > best.result.lower_bound:
+            best_i, best = i, r
+    result = best.result
+    est._set_fitted(result, dtype, out_dtype)
+    est.best_init_ = best_i
+    est.init_history_ = [r.history for r in rs]
+    est.n_features_in_ = best.params.n_features
+    ic = criteria_from_sums(*best.scores, best.params.n_parameters())
+    return {"loglik": ic["loglik"], "bic": float(ic["bic"]), "icl": float(ic["icl"]), "aic": float(ic["aic"]),
+            "n_parameters": int(ic["n_parameters"]), "n_iter": result.n_iter, "converged": bool(result.converged),
+            "best_init": best_i, "failed_restarts": [r.reason for r in rs if r.status == "failed"]}
 
 
 def _starts(est: GaussianMixture, n_init: int, X, summary, weights, dtype, updater) -> list[LockstepRun]:
