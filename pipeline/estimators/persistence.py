@@ -7,10 +7,15 @@ written atomically by the run driver every ``checkpoint.every`` EM iterations; `
 run CONFIG --resume`` reads it back.  The archive holds only numeric arrays and JSON (the
 random generator's state included), never pickle.  ``meta`` carries what the caller needs to
 refuse a checkpoint of another run (config and data fingerprints).
+
+Sweep checkpoints (:func:`save_sweep_checkpoint`/:func:`load_sweep_checkpoint`, format
+``gmm-pipeline-sweep-checkpoint``) hold a :class:`SweepState`: every EM run of a batch run's
+lockstep sweep (each candidate's restarts), which ``gmm-pipeline run CONFIG --resume`` recreates.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +148,113 @@ def load_checkpoint(path):
         if info["best"] is not None:
             b = info["best"]
             state.best = EMResult(_get_params(arrays, "best", ct), list(b["history"]), bool(b["converged"]), int(b["n_iter"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} has inconsistent contents: {exc}") from exc
+    return state, meta
+
+
+SWEEP_CHECKPOINT_FORMAT = "gmm-pipeline-sweep-checkpoint"
+SWEEP_CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class SweepRunState:
+    """One EM run of a lockstep sweep, as checkpointed: its candidate and restart index, and
+    what :class:`pipeline.engine.sweep.LockstepRun` holds (parameters, history, status, reason,
+    scores, iterations)."""
+
+    candidate: str
+    restart: int
+    params: MixtureParams | None
+    history: list = field(default_factory=list)
+    status: str = "running"
+    reason: str | None = None
+    scores: tuple | None = None
+    n_iter: int = 0
+
+
+@dataclass
+class SweepState:
+    """Every run of a lockstep sweep (a batch run's candidates x restarts) after ``n_pass`` EM
+    passes, ``elapsed`` seconds into it; ``seconds``: candidate -> seconds from the sweep's
+    start to its last run stopping (for the candidates stopped so far).
+
+    ``candidate``, ``init`` and ``history`` are those of the *lead* run (the first one still
+    running, else the last one): what messages name ("candidate k3-full, restart 0, iteration 6")."""
+
+    runs: list = field(default_factory=list)
+    n_pass: int = 0
+    elapsed: float = 0.0
+    seconds: dict = field(default_factory=dict)
+
+    def lead(self) -> SweepRunState | None:
+        running = [r for r in self.runs if r.status == "running"]
+        return running[0] if running else (self.runs[-1] if self.runs else None)
+
+    @property
+    def candidate(self):
+        lead = self.lead()
+        return None if lead is None else lead.candidate
+
+    @property
+    def init(self) -> int:
+        lead = self.lead()
+        return 0 if lead is None else lead.restart
+
+    @property
+    def history(self) -> list:
+        lead = self.lead()
+        return [] if lead is None else lead.history
+
+
+def save_sweep_checkpoint(path, state: SweepState, meta: dict) -> Path:
+    """Write ``state`` (every run of the sweep) and JSON-able ``meta`` to ``path`` atomically
+    (a local path or a :class:`~pipeline.storage.stores.StorePath`)."""
+    arrays: dict = {}
+    runs = []
+    for i, r in enumerate(state.runs):
+        if r.params is not None:
+            _put_params(arrays, f"run{i}", r.params)
+        runs.append({
+            "candidate": r.candidate, "restart": int(r.restart),
+            "covariance_type": None if r.params is None else r.params.covariance_type,
+            "history": [float(v) for v in r.history], "status": r.status, "reason": r.reason,
+            "scores": None if r.scores is None else [float(v) for v in r.scores], "n_iter": int(r.n_iter),
+        })
+    info = {"runs": runs, "n_pass": int(state.n_pass), "elapsed": float(state.elapsed),
+            "seconds": {k: float(v) for k, v in state.seconds.items()}}
+    return write_archive(path, arrays, {**meta, "sweep": info}, SWEEP_CHECKPOINT_FORMAT, SWEEP_CHECKPOINT_VERSION)
+
+
+def load_sweep_checkpoint(path) -> tuple[SweepState, dict]:
+    """Read a checkpoint written by :func:`save_sweep_checkpoint`: returns (SweepState, meta).
+    Raises CheckpointError if unusable, and for a checkpoint of the earlier one-candidate-at-a-time
+    format (:func:`save_checkpoint`), which a sweep cannot continue."""
+    try:
+        arrays, meta = read_archive(path, SWEEP_CHECKPOINT_FORMAT, SWEEP_CHECKPOINT_VERSION, error=CheckpointError)
+    except CheckpointError:
+        try:
+            read_archive(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, error=CheckpointError)
+        except CheckpointError:
+            raise
+        raise CheckpointError(
+            f"checkpoint {path} was written by an earlier gmm-pipeline, which fitted the candidates one after "
+            "another; this one fits them in lockstep and cannot continue it: run without --resume (with "
+            "output.overwrite: true, which discards it) to start again"
+        ) from None
+    try:
+        info = meta.pop("sweep")
+        runs = []
+        for i, r in enumerate(info["runs"]):
+            ct = r["covariance_type"]
+            runs.append(SweepRunState(
+                candidate=str(r["candidate"]), restart=int(r["restart"]),
+                params=None if ct is None else _get_params(arrays, f"run{i}", ct),
+                history=[float(v) for v in r["history"]], status=str(r["status"]), reason=r["reason"],
+                scores=None if r["scores"] is None else tuple(float(v) for v in r["scores"]), n_iter=int(r["n_iter"]),
+            ))
+        state = SweepState(runs, int(info["n_pass"]), float(info["elapsed"]),
+                           {str(k): float(v) for k, v in info["seconds"].items()})
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} has inconsistent contents: {exc}") from exc
     return state, meta
