@@ -292,21 +292,21 @@ def test_resume_keeps_failed_candidates_without_refitting_them(tmp_path, client)
     def boom(*a, **k):
         raise Stop
 
-    original_outputs, original_fit = run_mod._write_point_outputs, run_mod._fit_candidate
+    original_outputs, original_fit = run_mod._write_point_outputs, run_mod._initial_runs
     fitted = []
 
-    def counting_fit(ctx, X, summary, resumed, k, ct, path):
-        fitted.append(run_mod.candidate_name(k, ct))
-        return original_fit(ctx, X, summary, resumed, k, ct, path)
+    def counting_fit(est, *args):  # the candidates initialised (and so fitted) by the run
+        fitted.append(run_mod.candidate_name(est.n_components, est.covariance_type))
+        return original_fit(est, *args)
 
     try:
         run_mod._write_point_outputs = boom  # interrupted after both candidates, before outputs
         with pytest.raises(Stop):
             run(config_from_dict(cfg), client=client)
-        run_mod._write_point_outputs, run_mod._fit_candidate = original_outputs, counting_fit
+        run_mod._write_point_outputs, run_mod._initial_runs = original_outputs, counting_fit
         result = run(config_from_dict(cfg), resume=True, client=client)
     finally:
-        run_mod._write_point_outputs, run_mod._fit_candidate = original_outputs, original_fit
+        run_mod._write_point_outputs, run_mod._initial_runs = original_outputs, original_fit
     assert "k3-VVV" not in fitted  # its failure came from the checkpoint
     by_name = {c["name"]: c for c in result.report["candidates"]}
     assert by_name["k3-VVV"]["status"] == "failed" and "increase reg_covar" in by_name["k3-VVV"]["reason"]
@@ -420,3 +420,50 @@ def test_nan_policy_in_the_yaml_omits_or_marginalizes_and_the_report_says_so(tmp
     path.write_text(yaml.safe_dump(cfg))
     r = gmm("run", path)
     assert r.returncode != 0 and "model.nan_policy" in r.stderr and "marginalize" in r.stderr, r.stderr
+
+
+def test_a_yaml_run_fits_its_candidates_in_lockstep_with_the_one_by_one_figures(tmp_path, client):
+    """6 candidates (k 2-4 x full, diag), 2 restarts each, from a YAML run: every candidate's
+    log-likelihood, BIC, AIC, ICL, history, n_iter and best restart are those of
+    ``GaussianMixture(k, covariance_type=ct, ...).fit`` + ``information_criteria`` (1e-10), and
+    the model that of the selected one; the EM costs the slowest run's iterations + 1 passes
+    (its scoring), fewer than the one-by-one sum (iterations + 1 criteria pass per candidate)."""
+    from pipeline.data.zarr_io import dataset_from_config
+
+    config, cfg = small_config(tmp_path)
+    cfg["model"].update(n_components=[2, 3, 4], covariance_type=["full", "diag"], n_init=2, max_iter=40,
+                        dtype="float64", init_params="random_from_data")
+    cfg["output"].update(plots=False, responsibilities=False)
+    config.write_text(yaml.safe_dump(cfg))
+    r = gmm("run", config)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((Path(cfg["output"]["dir"]) / "report.json").read_text())
+    X = dataset_from_config(config_from_dict(cfg).data)
+    m = cfg["model"]
+    one_by_one = slowest = 0
+    assert [c["name"] for c in report["candidates"]] == [f"k{k}-{ct}" for ct in ("full", "diag") for k in (2, 3, 4)]
+    for c in report["candidates"]:
+        ref = GaussianMixture(c["n_components"], covariance_type=c["covariance_type"], n_init=2,
+                              max_iter=m["max_iter"], tol=m["tol"], reg_covar=m["reg_covar"], dtype="float64",
+                              init_params="random_from_data", random_state=m["random_state"]).fit(X)
+        ic = ref.information_criteria(X)
+        assert c["status"] == "ok" and (c["n_iter"], c["best_init"], c["converged"]) == (
+            ref.n_iter_, ref.best_init_, ref.converged_), c["name"]
+        assert c["n_parameters"] == ic["n_parameters"]
+        for key in ("loglik", "bic", "aic", "icl"):
+            np.testing.assert_allclose(c[key], ic[key], rtol=1e-10, err_msg=f"{c['name']} {key}")
+        np.testing.assert_allclose(c["history"], ref.history_, rtol=1e-10, err_msg=c["name"])
+        np.testing.assert_allclose(c["lower_bound"], ref.lower_bound_, rtol=1e-10)
+        one_by_one += sum(len(h) for h in ref.init_history_) + 1  # each restart's iterations, then the criteria
+        slowest = max([slowest] + [len(h) for h in ref.init_history_])
+        if c["name"] == report["selected"]["name"]:
+            model = GaussianMixture.load(Path(cfg["output"]["dir"]) / "model.npz")
+            for attr in ("weights_", "means_", "covariances_"):
+                np.testing.assert_allclose(getattr(model, attr), getattr(ref, attr), rtol=1e-10, atol=1e-12)
+    passes = report["passes"]
+    assert passes["em"] == slowest + 1  # the slowest run's iterations, then the pass that scores it
+    assert passes["summary"] == 1 and passes["initialisation"] >= 1 and passes["outputs"] == 1
+    assert passes["total"] == passes["summary"] + passes["initialisation"] + passes["em"] + passes["outputs"]
+    assert passes["em"] < one_by_one / 3, (passes, one_by_one)  # here the sum is 6 x 2 runs' iterations + 6
+    assert f"passes over the data: {passes['total']} " in r.stdout
+    assert r.stdout.count(" restart 1 iter    1 ") == 6  # every run's progress lines, as before

@@ -281,7 +281,8 @@ def _info(args) -> int:
         p = json.loads(progress.read_text())
         age = time.time() - p["time"]
         print(f"running (or interrupted) run {d}: candidate {p['candidate']} restart {p['restart']} "
-              f"iteration {p['iteration']} loglik {p['mean_loglik']:.8f}, last update {age:.0f} s ago")
+              f"iteration {p['iteration']} loglik {p['mean_loglik']:.8f}, last update {age:.0f} s ago"
+              + (f" (pass {p['pass']}, {p['live']} EM runs going)" if "pass" in p else ""))
         return 0
     from pipeline.exceptions import DataError
 

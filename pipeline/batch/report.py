@@ -11,9 +11,11 @@ import numpy as np
 from pipeline.storage.atomic import atomic_write_text
 
 
-def build_report(cfg, X, results, best, timings, cluster_info, fingerprints, missing=None) -> dict:
+def build_report(cfg, X, results, best, timings, cluster_info, fingerprints, missing=None, passes=None) -> dict:
+    """The run's report.json; ``passes``: passes over the data by step (summary, initialisation,
+    em, outputs, total), counted by :func:`pipeline.engine.graph.counting_passes`."""
     model = best["model"]
-    return {
+    report = {
         "config": cfg.to_dict(),
         "config_file": cfg.source,
         "data": {
@@ -46,6 +48,10 @@ def build_report(cfg, X, results, best, timings, cluster_info, fingerprints, mis
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "versions": versions(),
     }
+    if passes is not None:
+        report["passes"] = {k: int(passes[k]) for k in ("summary", "initialisation", "em", "outputs", "total")
+                            if k in passes}
+    return report
 
 
 def criteria_table(results) -> dict:

@@ -7,9 +7,15 @@ Nothing is lost:
   leaves an earlier run's outputs untouched;
 - an existing ``output.dir`` is never replaced unless ``output.overwrite: true``, and that is
   checked before any work starts;
-- the staging directory holds the checkpoint (every ``checkpoint.every`` EM iterations, written
-  atomically): ``run(cfg, resume=True)`` continues from it after the driver was killed, and
-  refuses a checkpoint whose config or data differ from the current ones;
+- the candidates (``model.n_components`` x ``model.covariance_type``, each with ``model.n_init``
+  restarts) are fitted in lockstep (:func:`pipeline.engine.sweep.run_lockstep`): one pass over
+  the data per EM iteration serves every run still going, and the criteria come from the pass
+  after a run stopped; every candidate's figures are those of ``GaussianMixture(...).fit`` +
+  ``information_criteria``;
+- the staging directory holds the checkpoint (every ``checkpoint.every`` passes, written
+  atomically: the state of every run, :class:`pipeline.estimators.persistence.SweepState`):
+  ``run(cfg, resume=True)`` recreates every run from it after the driver was killed (no
+  initialisation again), and refuses a checkpoint whose config or data differ from the current ones;
 - on an object store (``output.dir: s3://...``), which cannot rename, the staging directory is a
   new generation prefix inside ``output.dir``, published by one final write of its manifest
   (:class:`pipeline.storage.stores.StoreOutput`); the same rules hold there.  Two runs must not
@@ -27,6 +33,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -42,15 +49,22 @@ import numpy as np
 from pipeline.batch import cluster as cluster_mod
 from pipeline.batch.plots import write_plots
 from pipeline.batch.report import build_report, write_report
+from pipeline.core.state import EMResult
 from pipeline.data.zarr_io import dataset_from_config, weights_from_config
-from pipeline.engine.graph import per_block
+from pipeline.engine.em import warn_not_converged
+from pipeline.engine.graph import counting_passes, per_block, record_pass
+from pipeline.engine.missing import complete_rows, initialisation_data
 from pipeline.engine.resources import should_cache, single_threaded_blas
 from pipeline.engine.summary import summarize
+from pipeline.engine.sweep import LockstepRun, PassInfo, run_lockstep
 from pipeline.estimators.gaussian_mixture import GaussianMixture
-from pipeline.estimators.persistence import load_checkpoint, save_checkpoint
+from pipeline.estimators.persistence import SweepRunState, SweepState, load_sweep_checkpoint, save_sweep_checkpoint
+from pipeline.estimators.selection import _starts, settle_runs
+from pipeline.estimators.validation import validate_input, validate_weights
 from pipeline.exceptions import (
     CheckpointError,
     CovarianceError,
+    DataError,
     GMMPipelineError,
     OutputExistsError,
     OutputWriteError,
@@ -288,19 +302,7 @@ class RunContext:
     weights: object = None  # data.weights as a Dask array, or None
     missing: dict = field(default_factory=dict)  # NaN in the data, for the report
     resumable: bool = False  # the staging directory holds this run's checkpoint, if any (not an older run's)
-
-
-@dataclass
-class ResumeState:
-    """From the checkpoint of an interrupted run (empty for a fresh one): the EM state of the
-    candidate being fitted and the entries of the candidates already done."""
-
-    state: object = None
-    candidate: str | None = None
-    done: dict = field(default_factory=dict)
-
-    def start_for(self, name: str):
-        return self.state if (self.state is not None and self.candidate == name) else None
+    passes: dict = field(default_factory=dict)  # passes over the data by step, for the report
 
 
 def _run_locked(cfg, resume, client, t0, debug=False) -> RunResult:
@@ -340,13 +342,13 @@ def _scheduler_lost_error(ctx: RunContext, address: str, exc: Exception, resume:
     if (resume or ctx.resumable) and ctx.stage is not None:
         path = ctx.stage / CHECKPOINT_NAME
         try:
-            state, meta = load_checkpoint(path)
+            state, _ = load_sweep_checkpoint(path)
         except CheckpointError:  # none yet (or checkpoint.every: 0)
             pass
     if state is None:
         then = f"no checkpoint had been written yet: {again} and run again"
     else:
-        then = (f"the checkpoint {path} (candidate {meta.get('candidate')}, restart {state.init}, iteration "
+        then = (f"the checkpoint {path} (candidate {state.candidate}, restart {state.init}, iteration "
                 f"{len(state.history)}) is kept: {again} and run again with --resume to continue from it")
     reason = getattr(exc, "reason", None)
     if reason in (None, "unknown"):  # (work submitted after the loss, cancelled after cluster.timeout)
@@ -373,14 +375,15 @@ def _open_data(ctx: RunContext) -> da.Array:
 
 def _run_with_client(ctx: RunContext, X, resume: bool, client) -> RunResult:
     _log_cluster(ctx.cfg, client)
-    with single_threaded_blas():
+    with single_threaded_blas(), counting_passes() as passes:
         # one pass: moments, NaN/inf check (or count, with a nan_policy), fingerprint
         summary = summarize(X, ctx.cfg.data.path, ctx.cfg.model.nan_policy, ctx.weights)
+        ctx.fingerprints = {"config": config_fingerprint(ctx.cfg), "data": data_fingerprint(X, summary, ctx.weights)}
+    ctx.passes["summary"] = passes.n  # (with data.weights, one more over the weights for their fingerprint)
     ctx.missing = _missing_values(ctx.cfg, summary)
-    ctx.fingerprints = {"config": config_fingerprint(ctx.cfg), "data": data_fingerprint(X, summary, ctx.weights)}
     resumed = _prepare_stage(ctx, resume)
     if should_cache(X, ctx.cfg.data.cache):
-        X = X.persist()  # once for all candidates (each fit's own persist then finds it in memory)
+        X = X.persist()  # once, for the whole sweep
     results = _fit_candidates(ctx, X, summary, resumed)
     return _select_and_publish(ctx, X, results, client)
 
@@ -408,103 +411,280 @@ def _log_cluster(cfg, client) -> None:
         logger.info(f"dashboard: {info['dashboard_link']}")
 
 
-def _prepare_stage(ctx: RunContext, resume: bool) -> ResumeState:
-    """The staging directory, ready: resumed from its checkpoint, or emptied for a fresh run."""
+def _prepare_stage(ctx: RunContext, resume: bool) -> SweepState | None:
+    """The staging directory, ready: resumed from its checkpoint (returned), or emptied for a fresh run."""
     if resume:
         resumed = _load_resume_state(ctx)
     elif isinstance(ctx.out, StorePath):
         ctx.stage = StoreOutput(ctx.out).new_staging()
-        resumed = ResumeState()
+        resumed = None
     else:
         if ctx.stage.exists():
             shutil.rmtree(ctx.stage)
-        resumed = ResumeState()
+        resumed = None
     ctx.stage.mkdir(parents=True, exist_ok=True)
     (ctx.stage / "candidates").mkdir(exist_ok=True)
     ctx.resumable = True
     return resumed
 
 
-def _load_resume_state(ctx: RunContext) -> ResumeState:
+def _load_resume_state(ctx: RunContext) -> SweepState:
     """The checkpoint in the staging directory, refused if it was written for another config or data."""
     path = ctx.stage / CHECKPOINT_NAME
-    state, meta = load_checkpoint(path)
+    state, meta = load_sweep_checkpoint(path)
     diffs = _differences(ctx.fingerprints, {"config": meta.get("config"), "data": meta.get("data")})
     if diffs:
         raise CheckpointError(
             f"cannot resume from {path}: it was written for a different run: " + "; ".join(diffs[:8])
         )
-    logger.info(f"resuming from checkpoint: candidate {meta['candidate']}, restart {state.init}, "
-                f"iteration {len(state.history)}")
-    return ResumeState(state, meta["candidate"], meta.get("done", {}))
+    names = [candidate_name(k, ct) for k, ct in ctx.cfg.model.candidates()]
+    restarts = [(name, i) for name in names for i in range(ctx.cfg.model.n_init)]
+    if [(r.candidate, r.restart) for r in state.runs] != restarts:
+        raise CheckpointError(f"cannot resume from {path}: its runs are not this config's candidates x restarts")
+    live = sum(r.status == "running" for r in state.runs)
+    logger.info(f"resuming from checkpoint: candidate {state.candidate}, restart {state.init}, "
+                f"iteration {len(state.history)} (pass {state.n_pass}, {live} of {len(state.runs)} runs still going)")
+    return state
 
 
-def _fit_candidates(ctx: RunContext, X, summary, resumed: ResumeState) -> list[dict]:
-    """Every candidate (k, covariance_type) of the config: loaded if done before, else fitted."""
-    t_fit = time.perf_counter()
-    results = []
-    for k, ct in ctx.cfg.model.candidates():
-        name = candidate_name(k, ct)
-        path = ctx.stage / "candidates" / f"{name}.npz"
-        done = resumed.done.get(name)
-        if done is not None and done.get("status") == "failed":
-            results.append({**done, "model": None})
-            logger.info(f"candidate {name}: failed before the interruption ({done['reason']})")
-        elif done is not None and path.is_file():
-            results.append({**done, "model": GaussianMixture.load(path)})
-            logger.info(f"candidate {name}: done before the interruption (BIC {done['bic']:.6g})")
-        else:
-            results.append(_fit_candidate(ctx, X, summary, resumed, k, ct, path))
-    ctx.timings["fit_s"] = time.perf_counter() - t_fit
-    return results
+@dataclass
+class _Candidate:
+    """One candidate of the sweep: its estimator (the parameters ``GaussianMixture.fit`` would
+    have), its runs (restarts), and, once settled, its report entry."""
+
+    name: str
+    k: int
+    ct: str
+    est: GaussianMixture
+    runs: list = field(default_factory=list)
+    entry: dict | None = None
+    model: GaussianMixture | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return all(r.status != "running" for r in self.runs)
+
+    @property
+    def settled_ok(self) -> bool:
+        return all(r.status == "failed" or r.scores is not None for r in self.runs)
 
 
-def _fit_candidate(ctx: RunContext, X, summary, resumed: ResumeState, k: int, ct: str, path: Path) -> dict:
-    """Fit one candidate (checkpointing as it goes), save it to ``path``, record it as done."""
+def _estimator(ctx: RunContext, k: int, ct: str) -> GaussianMixture:
     m = ctx.cfg.model
-    name = candidate_name(k, ct)
-    est = GaussianMixture(
+    return GaussianMixture(
         k, covariance_type=ct, init_params=m.init_params, n_init=m.n_init, max_iter=m.max_iter,
         tol=m.tol, reg_covar=m.reg_covar, dtype=m.dtype, random_state=m.random_state, cache=ctx.cfg.data.cache,
         nan_policy=m.nan_policy,
     )
-    logger.info(f"candidate {name}: fitting ({m.init_params} init, {m.n_init} restart(s), dtype {m.dtype})")
-    callback = _iteration_callback(ctx.cfg, ctx.stage, name, ctx.fingerprints, resumed.done)
-    t = time.perf_counter()
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            est.fit(X, callback=callback, resume=resumed.start_for(name), data_name=ctx.cfg.data.path, summary=summary,
-                sample_weight=ctx.weights)
-    except CovarianceError as exc:  # a degenerate fit: recorded (mclust's NA), selection goes on
-        entry = _failed_entry(name, k, ct, str(exc), seconds=time.perf_counter() - t)
-        resumed.done[name] = entry
-        logger.info(f"candidate {name}: failed: {exc}")
-        return {**entry, "model": None}
+
+
+def _fit_candidates(ctx: RunContext, X, summary, resumed: SweepState | None) -> list[dict]:
+    """Every candidate (k, covariance_type) of the config x its ``n_init`` restarts, fitted in
+    lockstep (:func:`pipeline.engine.sweep.run_lockstep`): one pass per EM iteration serves
+    every run still going, and each candidate's criteria come from the pass after its runs
+    stopped.  Every run starts as ``GaussianMixture(...).fit`` starts it (the same
+    initialisation on the data, the same random draws) and gives what it gives; a candidate
+    with a failed restart is failed, as such a fit raises.  From a checkpoint, every run is
+    recreated as it was and the initialisation skipped."""
+    t_fit = time.perf_counter()
+    m, name = ctx.cfg.model, ctx.cfg.data.path
+    cands = [_Candidate(candidate_name(k, ct), k, ct, _estimator(ctx, k, ct)) for k, ct in m.candidates()]
+    first = cands[0].est
+    with single_threaded_blas(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        X, was_dask = validate_input(first, X, reset=True, name=name, chunk_rows=first.chunk_rows)
+        for c in cands:
+            c.est._check_parameters(X.shape[0], X.shape[1])
+        dtype = first._compute_dtype(X)
+        weights = None if ctx.weights is None else validate_weights(ctx.weights, X, name)
+        with counting_passes() as init_passes:
+            if should_cache(X, ctx.cfg.data.cache, was_dask):
+                record_pass()  # persisting reads every chunk once (already in memory: the runner persisted it)
+                X = X.persist()
+                weights = None if weights is None else weights.persist()
+            X, weights, marginalize = _start_runs(ctx, cands, X, summary, weights, dtype, resumed)
+        ctx.passes["initialisation"] = init_passes.n
+        sweep = _Sweep(ctx, cands, X, dtype, resumed)
+        with counting_passes() as em_passes:
+            run_lockstep(X, [r for c in cands for r in c.runs], tol=m.tol, max_iter=m.max_iter, dtype=dtype,
+                         weights=weights, marginalize=marginalize, name=name, callback=sweep.after_pass)
+        ctx.passes["em"] = em_passes.n
+        sweep.finish()
     for w in caught:
         logger.info(f"warning: {w.message}")
-    entry = _candidate_entry(name, k, ct, est, X, seconds=time.perf_counter() - t, weights=ctx.weights)
-    est.save(path)
-    resumed.done[name] = entry
-    logger.info(f"candidate {name}: log-likelihood {entry['loglik']:.6f}, BIC {entry['bic']:.6g}, ICL {entry['icl']:.6g}, "
-                f"{est.n_iter_} iterations, converged {est.converged_}, {entry['seconds']:.1f} s")
-    return {**entry, "model": est}
+    ctx.timings["fit_s"] = time.perf_counter() - t_fit
+    return [{**c.entry, "model": c.model} for c in cands]
 
 
-def _candidate_entry(name: str, k: int, ct: str, est: GaussianMixture, X, seconds: float, weights=None) -> dict:
-    """A fitted candidate's line in the report (and in the checkpoint's list of done ones);
-    with sample weights the criteria are weighted (BIC's n the total weight)."""
-    ic = est.information_criteria(X, sample_weight=weights)
+def _start_runs(ctx, cands, X, summary, weights, dtype, resumed):
+    """Each candidate's runs: from the checkpoint, or initialised on the data as its
+    ``GaussianMixture.fit`` would (the data as that fit prepares it: complete rows under
+    nan_policy omit, the initialisation data of marginalize).  Returns the data and weights
+    the EM passes run on, and whether they marginalize missing values."""
+    policy = ctx.cfg.model.nan_policy
+    marginalize = policy == "marginalize" and summary.n_incomplete > 0
+    if policy == "omit":
+        k = max(c.k for c in cands)
+        if summary.n_samples < k:
+            raise DataError(
+                f"{ctx.cfg.data.path}: nan_policy='omit' leaves {summary.n_samples} complete rows of {summary.n_rows}, "
+                f"fewer than n_components={k}; use nan_policy='marginalize'"
+            )
+        X, weights = complete_rows(X, summary, weights)
+    if resumed is not None:
+        by_name = {}
+        for r in resumed.runs:
+            by_name.setdefault(r.candidate, []).append(r)
+        for c in cands:
+            updater = c.est._updater(summary)
+            c.runs = [LockstepRun(r.params, updater, history=list(r.history), status=r.status, reason=r.reason,
+                                  scores=r.scores, n_iter=r.n_iter) for r in by_name[c.name]]
+        return X, weights, marginalize
+    for c in cands:
+        init_X, init_summary, init_weights = X, summary, weights
+        if marginalize:
+            init_X, init_summary, init_weights = initialisation_data(X, summary, c.k, weights)
+        logger.info(f"candidate {c.name}: initialising ({ctx.cfg.model.init_params} init, "
+                    f"{ctx.cfg.model.n_init} restart(s), dtype {ctx.cfg.model.dtype})")
+        c.runs = _initial_runs(c.est, ctx.cfg.model.n_init, init_X, init_summary, init_weights, dtype,
+                               c.est._updater(summary))
+    return X, weights, marginalize
+
+
+def _initial_runs(est, n_init, X, summary, weights, dtype, updater) -> list[LockstepRun]:
+    """A candidate's ``n_init`` runs, started as its ``GaussianMixture.fit`` starts its restarts."""
+    return _starts(est, n_init, X, summary, weights, dtype, updater)
+
+
+class _Sweep:
+    """What happens after each lockstep pass: the progress lines and progress.json, the
+    checkpoint, and the candidates that finished settled, saved and logged."""
+
+    def __init__(self, ctx: RunContext, cands: list[_Candidate], X, dtype, resumed: SweepState | None):
+        self.ctx, self.cands, self.dtype = ctx, cands, dtype
+        self.out_dtype = "float32" if X.dtype == np.float32 and dtype == "float32" else "float64"
+        self.n_rows = X.shape[0]
+        self.pass0 = 0 if resumed is None else resumed.n_pass
+        self.t0 = time.perf_counter() - (0.0 if resumed is None else resumed.elapsed)
+        self.seconds = {} if resumed is None else dict(resumed.seconds)
+        self.n_iter = {id(r): r.n_iter for c in cands for r in c.runs}
+        self.n_pass = self.pass0
+        self.reported = {id(r) for c in cands for r in c.runs if r.status == "failed"}
+        for c in cands:
+            for i, r in enumerate(c.runs):
+                if r.status == "failed" and resumed is None:
+                    logger.info(f"  {c.name} restart {i} failed: {r.reason}")
+        for c in cands:  # done before the interruption (or failed at the start)
+            if c.stopped:
+                self.seconds.setdefault(c.name, time.perf_counter() - self.t0)
+            if c.stopped and c.settled_ok:
+                self._settle(c, resumed=resumed is not None)
+
+    def after_pass(self, info: PassInfo) -> None:
+        self.n_pass = self.pass0 + info.n_pass
+        now = time.perf_counter() - self.t0
+        advanced, failed = [], []
+        for c in self.cands:
+            for i, r in enumerate(c.runs):
+                if r.n_iter != self.n_iter[id(r)]:
+                    advanced.append((c, i, r))
+                    self.n_iter[id(r)] = r.n_iter
+                elif r.status == "failed" and id(r) not in self.reported:
+                    failed.append((c, i, r))
+                    self.reported.add(id(r))
+        for c in self.cands:
+            if c.entry is None and c.stopped:
+                self.seconds.setdefault(c.name, now)
+        live = sum(r.status == "running" for c in self.cands for r in c.runs)
+        # state first, then the lines: whoever sees "iter N" can rely on N being checkpointed
+        lead = self._lead(advanced)
+        if lead is not None:
+            c, i, r = lead
+            change = r.history[-1] - r.history[-2] if len(r.history) > 1 else math.inf
+            progress = {"candidate": c.name, "restart": i, "iteration": r.n_iter, "mean_loglik": r.history[-1],
+                        "change": change if np.isfinite(change) else None, "time": time.time(),
+                        "pass": self.n_pass, "live": live}
+            atomic_write_text(self.ctx.stage / PROGRESS_NAME, json.dumps(progress))
+        every = self.ctx.cfg.checkpoint.every
+        if every and self.n_pass % every == 0:
+            self.checkpoint()
+        rate = self.n_rows / info.seconds if info.seconds > 0 else math.inf
+        for c, i, r in advanced:
+            change = r.history[-1] - r.history[-2] if len(r.history) > 1 else math.inf
+            logger.info(f"  {c.name} restart {i} iter {r.n_iter:4d}  loglik {r.history[-1]:.8f}  "
+                        f"change {change:+.3e}  {info.seconds:.2f} s  {rate:,.0f} rows/s")
+        for c, i, r in failed:
+            logger.info(f"  {c.name} restart {i} failed: {r.reason}")
+        for c in self.cands:
+            if c.entry is None and c.stopped and c.settled_ok:
+                self._settle(c)
+
+    def _lead(self, advanced):
+        """The first run still going (else the first advanced in this pass): what progress.json names."""
+        for c in self.cands:
+            for i, r in enumerate(c.runs):
+                if r.status == "running" and r.history:
+                    return c, i, r
+        return advanced[0] if advanced else None
+
+    def state(self) -> SweepState:
+        runs = [SweepRunState(c.name, i, r.params, list(r.history), r.status, r.reason, r.scores, r.n_iter)
+                for c in self.cands for i, r in enumerate(c.runs)]
+        return SweepState(runs, self.n_pass, time.perf_counter() - self.t0, dict(self.seconds))
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.ctx.stage / CHECKPOINT_NAME, self.state(), dict(self.ctx.fingerprints))
+
+    def finish(self) -> None:
+        """After the last pass: every candidate settled, and a last checkpoint that holds them all."""
+        for c in self.cands:
+            if c.entry is None:
+                self.seconds.setdefault(c.name, time.perf_counter() - self.t0)
+                self._settle(c)
+        if self.ctx.cfg.checkpoint.every:
+            self.checkpoint()
+
+    def _settle(self, c: _Candidate, resumed: bool = False) -> None:
+        seconds = self.seconds.get(c.name, time.perf_counter() - self.t0)
+        bad = next((r for r in c.runs if r.status == "failed"), None)
+        if bad is not None:
+            c.entry = _failed_entry(c.name, c.k, c.ct, bad.reason, seconds=seconds)
+            logger.info(f"candidate {c.name}: " + ("failed before the interruption" if resumed else "failed")
+                        + (f" ({bad.reason})" if resumed else f": {bad.reason}"))
+            return
+        settled = settle_runs(c.est, c.runs, self.dtype, self.out_dtype)
+        est = c.est
+        c.entry = _candidate_entry(c.name, c.k, c.ct, est, settled, seconds)
+        c.model = est
+        warn_not_converged(EMResult(est._mixture, est.history_, est.converged_, est.n_iter_), est.max_iter)
+        if resumed and (self.ctx.stage / "candidates" / f"{c.name}.npz").is_file():
+            logger.info(f"candidate {c.name}: done before the interruption (BIC {c.entry['bic']:.6g})")
+            return
+        est.save(self.ctx.stage / "candidates" / f"{c.name}.npz")
+        e = c.entry
+        logger.info(f"candidate {c.name}: log-likelihood {e['loglik']:.6f}, BIC {e['bic']:.6g}, ICL {e['icl']:.6g}, "
+                    f"{est.n_iter_} iterations, converged {est.converged_}, {e['seconds']:.1f} s")
+
+
+def save_checkpoint(path, state: SweepState, meta: dict):
+    """The run's checkpoint: every run of the sweep and the fingerprints (one name to intercept)."""
+    return save_sweep_checkpoint(path, state, meta)
+
+
+def _candidate_entry(name: str, k: int, ct: str, est: GaussianMixture, settled: dict, seconds: float) -> dict:
+    """A fitted candidate's line in the report, from its runs' scoring pass
+    (:func:`pipeline.estimators.selection.settle_runs`); with sample weights the criteria are
+    weighted (BIC's n the total weight)."""
     return {
         "name": name,
         "n_components": k,
         "covariance_type": ct,
         "status": "ok",
-        "loglik": ic["loglik"],
-        "bic": float(ic["bic"]),
-        "aic": float(ic["aic"]),
-        "icl": float(ic["icl"]),
-        "n_parameters": ic["n_parameters"],
+        "loglik": settled["loglik"],
+        "bic": settled["bic"],
+        "aic": settled["aic"],
+        "icl": settled["icl"],
+        "n_parameters": settled["n_parameters"],
         "n_iter": est.n_iter_,
         "converged": est.converged_,
         "lower_bound": est.lower_bound_,
@@ -537,15 +717,22 @@ def _select_and_publish(ctx: RunContext, X, results: list[dict], client) -> RunR
         logger.info(f"selected by BIC: {best['name']}" + (f" ({failed} candidate(s) failed)" if failed else ""))
     model.save(ctx.stage / "model.npz")
     t = time.perf_counter()
-    _write_point_outputs(ctx.cfg, model, X, ctx.stage)
+    with counting_passes() as outputs:
+        _write_point_outputs(ctx.cfg, model, X, ctx.stage)
     ctx.timings["outputs_s"] = time.perf_counter() - t
     ctx.timings["total_s"] = time.perf_counter() - ctx.t0
+    ctx.passes["outputs"] = outputs.n
+    ctx.passes["total"] = sum(ctx.passes.get(k, 0) for k in ("summary", "initialisation", "em", "outputs"))
     report = build_report(ctx.cfg, X, results, best, ctx.timings, cluster_info=_describe_safe(client),
-                          fingerprints=ctx.fingerprints, missing=ctx.missing)
+                          fingerprints=ctx.fingerprints, missing=ctx.missing, passes=ctx.passes)
     write_report(ctx.stage, report)
     if ctx.cfg.output.plots:
         _write_plots_unless_missing(ctx.stage, model, X, results, best)
     _publish(ctx)
+    p = ctx.passes
+    logger.info(f"passes over the data: {p['total']} (summary {p.get('summary', 0)}, initialisation "
+                f"{p.get('initialisation', 0)}, EM {p.get('em', 0)} for {len(results)} candidate(s) in lockstep, "
+                f"outputs {p['outputs']})")
     logger.info(f"outputs: {ctx.out}" + (f" (generation {ctx.stage.name}, published by its manifest)"
                                          if isinstance(ctx.out, StorePath) else ""))
     return RunResult(ctx.out, report, model, results)
@@ -575,30 +762,6 @@ def _describe_safe(client):
         return {k: v for k, v in d.items() if k != "workers"} | {"workers": len(d.get("workers", []))}
     except Exception:  # pragma: no cover - reporting must not fail a finished run
         return {}
-
-
-def _iteration_callback(cfg, stage, name, fingerprints, done):
-    every = cfg.checkpoint.every
-
-    def callback(info):
-        # state first, then the line: whoever sees "iter N" can rely on N being checkpointed
-        progress = {
-            "candidate": name, "restart": info.state.init, "iteration": info.n_iter,
-            "mean_loglik": info.mean_loglik, "change": info.change if np.isfinite(info.change) else None,
-            "time": time.time(),
-        }
-        atomic_write_text(stage / PROGRESS_NAME, json.dumps(progress))
-        if every and info.n_iter % every == 0:
-            save_checkpoint(
-                stage / CHECKPOINT_NAME, info.state,
-                {"candidate": name, "done": done, **fingerprints},
-            )
-        logger.info(
-            f"  {name} restart {info.state.init} iter {info.n_iter:4d}  loglik {info.mean_loglik:.8f}  "
-            f"change {info.change:+.3e}  {info.seconds:.2f} s  {info.rows_per_second:,.0f} rows/s"
-        )
-
-    return callback
 
 
 def _write_point_outputs(cfg, model, X, stage):
@@ -641,4 +804,5 @@ def write_point_outputs(model, X, labels_to=None, responsibilities_to=None, hold
                                   **zarr_kwargs(path)))
     with hold if hold is not None else nullcontext():
         dask.compute(*targets)
+    record_pass()  # both from one graph: one read of the data
 
