@@ -146,13 +146,13 @@ def _assert_same_result(out: Path, reference: Path):
 
 
 def _twenty_candidates_config(tmp_path, name, address):
-    """5 x 4 candidates (k 1-5; full, diag, tied, spherical) of 3 EM iterations on 8,000 x 3
-    rows in 2 chunks, on the cluster at ``address``."""
+    """5 x 4 candidates (k 1-5; full, diag, tied, spherical) of 24 EM iterations (in lockstep:
+    24 passes) on 80,000 x 3 rows in 8 chunks, on the cluster at ``address``."""
     config, cfg = small_config(tmp_path)
-    cfg["data"]["chunk_rows"] = 4000
-    cfg["data"]["generate"].update(n_samples=8000, n_features=3, chunk_rows=4000)
+    cfg["data"]["chunk_rows"] = 10000
+    cfg["data"]["generate"].update(n_samples=80000, n_features=3, chunk_rows=10000)
     cfg["model"].update(n_components=[1, 2, 3, 4, 5], covariance_type=["full", "diag", "tied", "spherical"],
-                        tol=0.0, max_iter=3, dtype="float64", init_params="random_from_data")
+                        tol=0.0, max_iter=24, dtype="float64", init_params="random_from_data")
     cfg["cluster"] = {"kind": "address", "address": address, "timeout": 30}
     cfg["output"].update(dir=str(tmp_path / name), plots=False, responsibilities=False)
     return _write_config(tmp_path, cfg, name), cfg
@@ -177,9 +177,9 @@ def test_a_worker_sigkilled_three_times_in_a_run_of_20_candidates_gives_the_unin
     names = [candidate_name(k, ct) for k, ct in config_from_dict(ref).model.candidates()]
     assert len(names) == 20
     rng = random.Random(14)
-    # one kill among candidates 2-5, 6-9 and 10-13 each (all three well before the run's end),
-    # after a random iteration of it
-    moments = [(names[rng.randrange(lo, lo + 4)], rng.randrange(1, 3), rng.uniform(0.0, 0.1)) for lo in (1, 5, 9)]
+    # the candidates go in lockstep: one kill after a random EM pass among 2-5, 8-11 and 14-17 each
+    # (all three well before the run's end), seen on a random candidate's line of that pass
+    moments = [(names[rng.randrange(0, 20)], rng.randrange(lo, lo + 4), rng.uniform(0.0, 0.1)) for lo in (2, 8, 14)]
     triggers = {f"  {name} restart 0 iter {it:4d} ": (name, it, delay) for name, it, delay in moments}
 
     cfg_path, cfg = _twenty_candidates_config(tmp_path, "killed", cluster.address)
@@ -233,14 +233,14 @@ def _two_candidates_config(tmp_path, name, address):
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_a_lost_scheduler_is_one_line_keeps_the_checkpoint_and_resume_on_a_new_cluster_finishes(
         tmp_path, start_dask_processes, sig):
-    """The `dask scheduler` of a kind: address cluster killed (or stopped) during the second
-    candidate's EM iterations: the run exits 1 with one line naming the scheduler's address,
+    """The `dask scheduler` of a kind: address cluster killed (or stopped) during the two
+    candidates' EM iterations (in lockstep): the run exits 1 with one line naming the scheduler's address,
     the checkpoint and its iteration and --resume; nothing is published and the staging
     directory keeps the checkpoint. --resume on a new scheduler and workers (another address,
     given by --set: the cluster is not part of the checkpoint's fingerprint) finishes the run
     with the result of an uninterrupted one."""
     from pipeline.batch.runner import CHECKPOINT_NAME, staging_dir
-    from pipeline.estimators.persistence import load_checkpoint
+    from pipeline.estimators.persistence import load_sweep_checkpoint
 
     first = start_dask_processes(2)
     cfg_path, cfg = _two_candidates_config(tmp_path, "lost", first.address)
@@ -263,10 +263,12 @@ def test_a_lost_scheduler_is_one_line_keeps_the_checkpoint_and_resume_on_a_new_c
     assert proc.returncode == 1 and len(lines) == 1, stderr
     out, stage = Path(cfg["output"]["dir"]), staging_dir(Path(cfg["output"]["dir"]))
     assert not out.exists()  # nothing was published
-    state, meta = load_checkpoint(stage / CHECKPOINT_NAME)  # kept, and whole
-    assert meta["candidate"] == "k4-full" and len(state.history) >= 4 and "k3-full" in meta["done"]
+    state, meta = load_sweep_checkpoint(stage / CHECKPOINT_NAME)  # kept, and whole
+    # both candidates in lockstep: the checkpoint names the first run still going
+    assert [r.candidate for r in state.runs] == ["k3-full", "k4-full"] and state.candidate == "k3-full"
+    assert all(len(r.history) == len(state.history) >= 4 and r.status == "running" for r in state.runs)
     assert lines[0].startswith(f"gmm-pipeline: error: lost the Dask scheduler at {first.address}: "), lines[0]
-    assert (f"the checkpoint {stage / CHECKPOINT_NAME} (candidate k4-full, restart 0, iteration {len(state.history)}) "
+    assert (f"the checkpoint {stage / CHECKPOINT_NAME} (candidate k3-full, restart 0, iteration {len(state.history)}) "
             "is kept") in lines[0], lines[0]
     assert "run again with --resume" in lines[0] and "Traceback" not in stderr
     first.stop()
@@ -276,9 +278,9 @@ def test_a_lost_scheduler_is_one_line_keeps_the_checkpoint_and_resume_on_a_new_c
     resumed = subprocess.run([*CLI, "run", cfg_path, "--resume", "--set", f"cluster.address={second.address}"],
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert "candidate k3-full: done before the interruption" in resumed.stdout
-    assert "resuming from checkpoint: candidate k4-full" in resumed.stdout
-    assert "k4-full restart 0 iter    1 " not in resumed.stdout and "k4-full restart 0 iter   12 " in resumed.stdout
+    assert "resuming from checkpoint: candidate k3-full" in resumed.stdout
+    for name in ("k3-full", "k4-full"):
+        assert f"{name} restart 0 iter    1 " not in resumed.stdout and f"{name} restart 0 iter   12 " in resumed.stdout
     assert json.loads((out / "report.json").read_text())["cluster"]["scheduler_address"] == second.address
     ref_path, ref = _two_candidates_config(tmp_path, "reference", second.address)
     r = subprocess.run([*CLI, "run", ref_path], capture_output=True, text=True, timeout=300)
