@@ -199,7 +199,8 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    """``every``: EM iterations between checkpoints; 0 disables checkpointing."""
+    """``every``: EM passes (iterations of the candidates' lockstep sweep) between checkpoints;
+    0 disables checkpointing."""
 
     every: int = 1
 
