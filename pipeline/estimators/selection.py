@@ -19,6 +19,7 @@ from pipeline.core.state import EMResult
 from pipeline.core.stats import vector_length
 from pipeline.engine.em import warn_not_converged
 from pipeline.engine.graph import SPLIT_EVERY, counting_passes, record_pass
+from pipeline.engine.init import initialize
 from pipeline.engine.missing import INIT_MIN_COMPLETE_PER_PARAMETER, complete_rows, initialisation_data
 from pipeline.engine.resources import check_sweep_memory, should_cache, single_threaded_blas
 from pipeline.engine.summary import summarize
@@ -70,7 +71,8 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
         many rows is drawn in the summary pass and held in memory on the driver (rows x features x 8
         bytes: 2.6 MB for 16 features).  There each candidate gets ``5 * n_init`` initialisations
         (``init_params``, the same strategies, drawn in turn from one generator seeded by
-        ``random_state``), each followed by 5 EM iterations ("small EM", Biernacki, Celeux and
+        ``random_state``; "kmeans" is scikit-learn's ``KMeans`` on the sample, in memory), each
+        followed by 5 EM iterations ("small EM", Biernacki, Celeux and
         Govaert 2003); the best of them (the highest sample log-likelihood) goes on to at most 20
         iterations there, then to the data.  The initialisation costs no pass of its own,
         whatever the number of candidates and restarts.  None: every restart is initialised on the data and run
@@ -266,7 +268,7 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
             Swd = da.from_array(Sw, chunks=(Sd.chunks[0],)) if weighted else None
             s_summary = summarize(Sd, "the initialisation sample", "raise", Swd)
             runs = [_starts(est, self.n_init * SAMPLE_STARTS_PER_INIT, Sd, s_summary, Swd, dtype,
-                            est._updater(s_summary)) for est in estimators]
+                            est._updater(s_summary), in_memory=(S, Sw if weighted else None)) for est in estimators]
             run_lockstep(Sd, [r for rs in runs for r in rs], tol=self.tol, max_iter=min(self.max_iter, SHORT_EM_ITER),
                          dtype=dtype, weights=Swd)
             starts = []
@@ -339,13 +341,29 @@ def settle_runs(est: GaussianMixture, rs: list[LockstepRun], dtype, out_dtype) -
             "best_init": best_i, "failed_restarts": [r.reason for r in rs if r.status == "failed"]}
 
 
-def _starts(est: GaussianMixture, n_init: int, X, summary, weights, dtype, updater) -> list[LockstepRun]:
+def _starts(est: GaussianMixture, n_init: int, X, summary, weights, dtype, updater, in_memory=None) -> list[LockstepRun]:
     """``n_init`` runs started as ``est.fit`` starts its restarts (one random generator, drawn in
-    turn); an initialisation whose component collapses (``reg_covar=0``) is a failed run."""
+    turn); an initialisation whose component collapses (``reg_covar=0``) is a failed run.
+
+    ``in_memory``: (rows, weights or None), the NumPy form of ``X`` when it is the initialisation
+    sample; then ``init_params="kmeans"`` is scikit-learn's ``KMeans`` (k-means++ seeding and
+    Lloyd, one init, seeded from the generator) on those rows, whose centres start the M step,
+    instead of k-means|| and Lloyd made of Dask passes (measured: 0.29 s per start on 20,000 x 8
+    rows, the most of a sweep's time)."""
     rng, runs = est._rng(), []
     for _ in range(n_init):
         try:
-            runs.append(LockstepRun(est._initial_params(X, summary, rng, dtype, weights), updater))
+            if in_memory is not None and est.init_params == "kmeans":
+                from sklearn.cluster import KMeans
+
+                rows, w = in_memory
+                km = KMeans(est.n_components, n_init=1, random_state=int(rng.integers(2**31)))
+                centres = km.fit(rows, sample_weight=w).cluster_centers_
+                params = initialize(X, summary, est.n_components, est.covariance_type, est.init_params, rng,
+                                    est.reg_covar, dtype, means_init=centres, weights=weights)
+            else:
+                params = est._initial_params(X, summary, rng, dtype, weights)
+            runs.append(LockstepRun(params, updater))
         except CovarianceError as exc:
             runs.append(LockstepRun(None, updater, status="failed", reason=f"initialisation: {exc}"))
     return runs
