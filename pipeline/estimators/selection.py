@@ -33,7 +33,7 @@ from pipeline.families import MCLUST_MODELS, get_family
 CRITERIA = ("bic", "icl")
 #: on the initialisation sample: starts per n_init, the EM iterations each of them gets, and the
 #: iterations the best of a candidate's starts gets in all before it goes to the data
-SAMPLE_STARTS_PER_INIT = 5
+SAMPLE_STARTS_PER_INIT = 10
 SHORT_EM_ITER = 5
 SAMPLE_EM_ITER = 20
 #: chunks of the sample (threads on the driver)
@@ -69,7 +69,7 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
     init_sample : int or None
         Where the candidates start (default 20,000).  An integer: a uniform sample of about that
         many rows is drawn in the summary pass and held in memory on the driver (rows x features x 8
-        bytes: 2.6 MB for 16 features).  There each candidate gets ``5 * n_init`` initialisations
+        bytes: 2.6 MB for 16 features).  There each candidate gets ``10 * n_init`` initialisations
         (``init_params``, the same strategies, drawn in turn from one generator seeded by
         ``random_state``; "kmeans" is scikit-learn's ``KMeans`` on the sample, in memory), each
         followed by 5 EM iterations ("small EM", Biernacki, Celeux and
