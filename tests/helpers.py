@@ -1,5 +1,9 @@
 """Small generated data sets shared by the tests (no downloads)."""
 
+import os
+import signal
+import subprocess
+
 import numpy as np
 
 
@@ -27,3 +31,20 @@ def sklearn_initial_params(X, k, covariance_type, seed=0):
         warnings.simplefilter("ignore")
         sk.fit(X)
     return sk.weights_, sk.means_, sk.precisions_
+
+
+def kill_run_at(command, marker: str) -> list[str]:
+    """Start ``command`` (a ``gmm-pipeline run``) in its own session, read its output until a
+    line contains ``marker``, then SIGKILL the whole session (the driver and its local cluster,
+    at once); returns the lines seen, after checking that it died of the kill."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    return seen

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from pipeline import GaussianMixture
-from tests.helpers import blobs
+from tests.helpers import blobs, kill_run_at
 from tests.test_cli import CLI, small_config
 
 
@@ -67,16 +67,7 @@ def test_driver_killed_mid_run_resumes_to_the_same_model(tmp_path):
     assert r.returncode == 0, r.stderr
 
     cfg_path, cfg = _slow_config(tmp_path, "killed")
-    proc = subprocess.Popen([*CLI, "run", cfg_path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if "iter    6" in line:
-            os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local cluster, at once
-            break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    kill_run_at([*CLI, "run", cfg_path], "iter    6")  # the driver and its local cluster, at once
     out = Path(cfg["output"]["dir"])
     assert not out.exists()  # nothing half-written was published
     info = subprocess.run([*CLI, "info", out], capture_output=True, text=True, timeout=60)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.helpers import kill_run_at
 from tests.test_cli import CLI, small_config
 
 s3fs = pytest.importorskip("s3fs")
@@ -196,16 +196,7 @@ def test_a_run_killed_on_the_store_is_never_a_result_and_resumes_to_the_same_mod
     assert r.returncode == 0, r.stderr
 
     cfg_path, cfg = _store_config(tmp_path, endpoint, name, "killed", **slow)
-    proc = subprocess.Popen([*CLI, "run", cfg_path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if "iter    6" in line:
-            os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local cluster, at once
-            break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    seen = kill_run_at([*CLI, "run", cfg_path], "iter    6")  # the driver and its local cluster, at once
     assert _manifest_and_staging(fs, name, "killed") == (False, True)  # written, not published
     opt = ["--storage-option", f"endpoint={endpoint}"]
     info = subprocess.run([*CLI, "info", cfg["output"]["dir"], *opt], capture_output=True, text=True, timeout=120)
