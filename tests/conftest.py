@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import set_up_or_skip
+
 REPO = Path(__file__).resolve().parents[1]
 DASK_CLI = Path(sys.executable).parent / "dask"
 SETUP_SLURM = REPO / "scripts" / "setup_slurm"
@@ -163,23 +165,8 @@ def _pid_lines() -> list[str]:
 @pytest.fixture(scope="session")
 def slurm():
     """Name of the default partition of a running single-node SLURM (``scripts/setup_slurm``)."""
-    required = os.environ.get("GMM_REQUIRE_SLURM") == "1"
     before = _pid_lines()
-    partition = ""
-    try:
-        out = subprocess.run([str(SETUP_SLURM)], capture_output=True, text=True, timeout=900)
-        output = f"exit code {out.returncode}\n{out.stderr}\n{out.stdout}"
-        if out.returncode == 0 and out.stdout.strip():
-            partition = out.stdout.strip().splitlines()[-1]
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        output = f"{type(exc).__name__}: {exc}"
-    ok = bool(partition)
-    if not ok or not partition:
-        message = f"scripts/setup_slurm could not set up SLURM:\n{output}"
-        if required:
-            pytest.fail(message + "\n(GMM_REQUIRE_SLURM=1, so this is a failure, not a skip)")
-        pytest.skip(message.splitlines()[0] + " " + output.strip().splitlines()[-1][:200]
-                    + " (set GMM_REQUIRE_SLURM=1 to make this a failure)")
+    partition = set_up_or_skip(SETUP_SLURM, "set up SLURM", "GMM_REQUIRE_SLURM", timeout=900)
     started_here = _pid_lines() != before  # the script records the daemons it started
     try:
         yield partition
@@ -195,17 +182,4 @@ def slurm():
 @pytest.fixture(scope="session")
 def rscript():
     """Path of ``Rscript`` with mclust and jsonlite loadable (``scripts/setup_mclust``)."""
-    required = os.environ.get("GMM_REQUIRE_MCLUST") == "1"
-    try:
-        out = subprocess.run([str(SETUP_MCLUST)], capture_output=True, text=True, timeout=1200)
-        output = f"exit code {out.returncode}\n{out.stderr}\n{out.stdout}"
-        path = out.stdout.strip().splitlines()[-1] if out.returncode == 0 and out.stdout.strip() else ""
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        output, path = f"{type(exc).__name__}: {exc}", ""
-    if not path:
-        message = f"scripts/setup_mclust could not provide R's mclust:\n{output}"
-        if required:
-            pytest.fail(message + "\n(GMM_REQUIRE_MCLUST=1, so this is a failure, not a skip)")
-        pytest.skip(message.splitlines()[0] + " " + output.strip().splitlines()[-1][:200]
-                    + " (set GMM_REQUIRE_MCLUST=1 to make this a failure)")
-    return path
+    return set_up_or_skip(SETUP_MCLUST, "provide R's mclust", "GMM_REQUIRE_MCLUST", timeout=1200)

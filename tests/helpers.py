@@ -48,3 +48,27 @@ def kill_run_at(command, marker: str) -> list[str]:
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "".join(seen)
     return seen
+
+
+def set_up_or_skip(script, what: str, require_env: str, timeout: float) -> str:
+    """Run a ``scripts/setup_*`` script and return the last line it prints (what it set up: a
+    partition, a path).  When it fails, skip the test, unless ``require_env`` is "1" in the
+    environment (CI), where that is a failure; either way the message names ``what`` failed
+    and ends with the script's last line of output."""
+    import pytest
+
+    name, result = f"scripts/{os.path.basename(str(script))}", ""
+    try:
+        out = subprocess.run([str(script)], capture_output=True, text=True, timeout=timeout)
+        output = f"exit code {out.returncode}\n{out.stderr}\n{out.stdout}"
+        if out.returncode == 0 and out.stdout.strip():
+            result = out.stdout.strip().splitlines()[-1]
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        output = f"{type(exc).__name__}: {exc}"
+    if not result:
+        message = f"{name} could not {what}:\n{output}"
+        if os.environ.get(require_env) == "1":
+            pytest.fail(message + f"\n({require_env}=1, so this is a failure, not a skip)")
+        pytest.skip(message.splitlines()[0] + " " + output.strip().splitlines()[-1][:200]
+                    + f" (set {require_env}=1 to make this a failure)")
+    return result

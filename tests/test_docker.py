@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import set_up_or_skip
+
 try:
     import tomllib
 except ImportError:  # Python 3.10
@@ -243,21 +245,7 @@ def compose_image(compose, tmp_path_factory):
     """(path of podman-compose, image name) once scripts/setup_podman has run and the image that
     docker/compose.yaml names has been built from the repo.  Skips when podman cannot be set up,
     unless GMM_REQUIRE_CONTAINER=1 (CI), where that is a failure."""
-    required = os.environ.get("GMM_REQUIRE_CONTAINER") == "1"
-    podman_compose = ""
-    try:
-        out = subprocess.run([str(SETUP_PODMAN)], capture_output=True, text=True, timeout=600)
-        output = f"exit code {out.returncode}\n{out.stderr}\n{out.stdout}"
-        if out.returncode == 0 and out.stdout.strip():
-            podman_compose = out.stdout.strip().splitlines()[-1]
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        output = f"{type(exc).__name__}: {exc}"
-    if not podman_compose:
-        message = f"scripts/setup_podman could not set up podman:\n{output}"
-        if required:
-            pytest.fail(message + "\n(GMM_REQUIRE_CONTAINER=1, so this is a failure, not a skip)")
-        pytest.skip(message.splitlines()[0] + " " + output.strip().splitlines()[-1][:200]
-                    + " (set GMM_REQUIRE_CONTAINER=1 to make this a failure)")
+    podman_compose = set_up_or_skip(SETUP_PODMAN, "set up podman", "GMM_REQUIRE_CONTAINER", timeout=600)
 
     # Build once (`up --build` would build the same image once per service, four at a time).
     (image,) = {service["image"] for service in compose["services"].values()}
