@@ -174,3 +174,72 @@ def test_a_sweep_that_cannot_fit_the_workers_memory_is_refused_before_any_pass(t
 
     with pytest.raises(MemoryBudgetError, match="on the driver .* more than this host's available"):
         check_sweep_memory(X, 100, driver_bytes=2**60, fan_in=16)
+
+
+OVERLAPPING = ((0, 0, 0), (2, 2, 0), (0, 2.5, 2), (3, 0, 3))
+
+
+@pytest.mark.filterwarnings("ignore::pipeline.exceptions.ConvergenceWarning")
+def test_incremental_em_stops_on_exact_iterations_in_fewer_passes_at_a_fixed_point_of_exact_em(tmp_path):
+    """Incremental EM over 4 groups of chunks from the same starts as batch EM (init_sample=None):
+    every run stops on two exact batch iterations whose change is below tol, no lower than batch EM
+    at the same tol, in fewer passes; with a tight tol both reach the same fixed point.  A pass of
+    4 computations still reads each chunk once."""
+    import zarr
+
+    from pipeline import open_dataset
+
+    X, _ = blobs(4000, centres=OVERLAPPING, seed=7)
+    z = zarr.create_array(tmp_path / "x.zarr", shape=X.shape, chunks=(500, 3), dtype="f8")
+    z[:] = X
+    counter = CountingReads()
+    Xd = open_dataset(tmp_path / "x.zarr", chunk_rows=500).map_blocks(counter, dtype=np.float64)
+    kw = dict(n_components=[3, 4], covariance_type=["full", "diag"], random_state=0, init_sample=None, tol=1e-4,
+              cache="none", max_iter=300)
+    with dask.config.set(scheduler="threads"):
+        batch = GaussianMixtureIC(**kw).fit(Xd)
+        reads = counter.reads
+        inc = GaussianMixtureIC(incremental_blocks=4, **kw).fit(Xd)
+        assert counter.reads - reads == inc.n_passes_
+        tight = {b: GaussianMixtureIC(**{**kw, "n_components": 4, "covariance_type": "full", "tol": 1e-8},
+                                      incremental_blocks=b).fit(Xd) for b in (1, 4)}
+    for c, ref in zip(inc.criteria_, batch.criteria_):
+        est = inc.estimators_[c["n_components"], c["covariance_type"]]
+        h = est.history_
+        assert est.converged_ and 0 < c["incremental_passes"] <= c["n_iter"] - 3
+        assert abs(h[-1] - h[-2]) < est.tol  # the stopping change is between two exact iterations
+        assert c["loglik"] >= ref["loglik"] - 1e-5
+    assert sum(c["n_iter"] for c in inc.criteria_) < sum(c["n_iter"] for c in batch.criteria_)
+    assert inc.n_em_passes_ <= batch.n_em_passes_
+    a, b = (tight[b].best_estimator_ for b in (1, 4))
+    assert tight[4].criteria_[0]["incremental_passes"] > 0 and b.n_iter_ < a.n_iter_
+    np.testing.assert_allclose(b.history_[-1], a.history_[-1], rtol=1e-8)
+    order_a, order_b = np.argsort(a.means_[:, 0]), np.argsort(b.means_[:, 0])
+    np.testing.assert_allclose(b.means_[order_b], a.means_[order_a], atol=1e-3)  # (a flat optimum)
+    np.testing.assert_allclose(b.covariances_[order_b], a.covariances_[order_a], atol=1e-3)
+
+
+@pytest.mark.filterwarnings("ignore::pipeline.exceptions.ConvergenceWarning")
+def test_the_aitken_rule_goes_on_through_a_slow_tail_that_the_change_rule_stops_in():
+    X, _ = blobs(4000, centres=OVERLAPPING, seed=7)
+    Xd = da.from_array(X, chunks=(1000, 3))
+    kw = dict(n_components=[4, 5], covariance_type=["full"], random_state=0, init_sample=None, tol=1e-3,
+              max_iter=500)
+    with dask.config.set(scheduler="threads"):
+        change = GaussianMixtureIC(**kw).fit(Xd)
+        aitken = GaussianMixtureIC(stopping="aitken", **kw).fit(Xd)
+    longer = 0
+    for a, c in zip(aitken.criteria_, change.criteria_):
+        h = aitken.estimators_[a["n_components"], a["covariance_type"]].history_
+        # the same trajectory, stopped no earlier, and where it stops the Aitken estimate of the
+        # limit is within tol (or the rate is not that of a linear tail)
+        np.testing.assert_allclose(h[: c["n_iter"]], change.estimators_[a["n_components"], "full"].history_)
+        assert a["n_iter"] >= c["n_iter"] and a["loglik"] >= c["loglik"] - 1e-12
+        rate = (h[-1] - h[-2]) / (h[-2] - h[-3])
+        assert abs(h[-1] - h[-2]) < 1e-3 and (not 0 <= rate < 1 or abs(h[-1] - h[-2]) / (1 - rate) < 1e-3)
+        longer += a["n_iter"] > c["n_iter"]
+    assert longer >= 1
+    with pytest.raises(ValueError, match="'stopping' must be one of change, aitken"):
+        GaussianMixtureIC(stopping="relative").fit(X)
+    with pytest.raises(ValueError, match="'incremental_blocks' must be an integer >= 1"):
+        GaussianMixtureIC(incremental_blocks=0).fit(X)

@@ -23,7 +23,7 @@ from pipeline.engine.init import initialize
 from pipeline.engine.missing import INIT_MIN_COMPLETE_PER_PARAMETER, complete_rows, initialisation_data
 from pipeline.engine.resources import check_sweep_memory, should_cache, single_threaded_blas
 from pipeline.engine.summary import summarize
-from pipeline.engine.sweep import LockstepRun, run_lockstep
+from pipeline.engine.sweep import STOPPING, LockstepRun, run_lockstep
 from pipeline.estimators.base import logger, verbose_logging
 from pipeline.estimators.gaussian_mixture import GaussianMixture, criteria_from_sums
 from pipeline.estimators.validation import validate_input, validate_weights
@@ -77,6 +77,20 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
         iterations there, then to the data.  The initialisation costs no pass of its own,
         whatever the number of candidates and restarts.  None: every restart is initialised on the data and run
         on it, exactly as ``GaussianMixture(...).fit`` would (its passes, its result).
+    incremental_blocks : int
+        1 (the default): batch EM on the data, one M step per pass.  B > 1: incremental EM (Neal
+        and Hinton 1998) over B groups of consecutive chunks, B M steps per pass, each on the sum
+        of every group's latest statistics; it reaches EM's fixed points in fewer passes when
+        EM's own steps are slow, and costs B computations (each over a B-th of the chunks) per
+        pass.  After a first batch pass a run makes incremental passes until their objective
+        changes by less than ``tol``, then goes back to exact batch iterations: it stops only on
+        those, so the returned model meets ``tol`` on exact EM iterations (its ``history_`` has
+        one entry per pass; those of incremental passes are listed in ``criteria_``'s
+        ``incremental_passes``).  See :mod:`pipeline.engine.sweep`.
+    stopping : {"change", "aitken"}
+        "change" (the default, scikit-learn's): a run stops when its mean log-likelihood changes by
+        less than ``tol``.  "aitken": it also needs Aitken's estimate of the limit of a linear
+        tail (McNicholas 2010) within ``tol``, so a slow tail of small steps goes on.
 
     Attributes
     ----------
@@ -116,6 +130,8 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
         chunk_rows="auto",
         nan_policy="raise",
         init_sample=20_000,
+        incremental_blocks=1,
+        stopping="change",
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -133,6 +149,8 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
         self.chunk_rows = chunk_rows
         self.nan_policy = nan_policy
         self.init_sample = init_sample
+        self.incremental_blocks = incremental_blocks
+        self.stopping = stopping
 
     # ------------------------------------------------------------------ candidates
     def _candidates(self) -> list[tuple[int, str]]:
@@ -150,6 +168,12 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
             raise ValueError(f"GaussianMixtureIC: n_components {self.n_components!r} and covariance_type "
                              f"{self.covariance_type!r} name a candidate twice (full is VVV, tied EEE, diag VVI, "
                              "spherical VII)")
+        b = self.incremental_blocks
+        if not isinstance(b, numbers.Integral) or isinstance(b, bool) or b < 1:
+            raise ValueError(f"GaussianMixtureIC parameter 'incremental_blocks' must be an integer >= 1; got {b!r}")
+        if self.stopping not in STOPPING:
+            raise ValueError(f"GaussianMixtureIC parameter 'stopping' must be one of {', '.join(STOPPING)}; "
+                             f"got {self.stopping!r}")
         if self.criterion not in CRITERIA:
             raise ValueError(f"GaussianMixtureIC parameter 'criterion' must be one of {', '.join(CRITERIA)}; "
                              f"got {self.criterion!r}")
@@ -211,7 +235,8 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
                                  reason=r.reason and f"on the initialisation sample: {r.reason}")]
                     for r, est in zip(starts, estimators)]
         n_em = run_lockstep(X, [r for rs in runs for r in rs], tol=self.tol, max_iter=self.max_iter, dtype=dtype,
-                            weights=weights, marginalize=marginalize, callback=self._progress)
+                            weights=weights, marginalize=marginalize, callback=self._progress,
+                            blocks=self.incremental_blocks, stopping=self.stopping)
         out_dtype = "float32" if X.dtype == np.float32 and dtype == "float32" else "float64"
         self.criteria_, self.estimators_ = [], {}
         for (k, ct), est, rs in zip(candidates, estimators, runs):
@@ -237,8 +262,9 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
         params = [8 * k * (d * d + d + 1) * 3 for k, _ in candidates]  # weights, means, covariances, factors
         on_sample = 0 if self.init_sample is None else SAMPLE_STARTS_PER_INIT * self.n_init
         sample_rows = 0 if self.init_sample is None else min(int(self.init_sample) * 2, X.shape[0])
+        kept = 2 + (self.incremental_blocks if self.incremental_blocks > 1 else 0)  # incremental: per group
         driver = (3 * 8 * sample_rows * (d + 1) + sum(params) * (on_sample + per_data)
-                  + 2 * 8 * sum(lengths) * per_data)
+                  + kept * 8 * sum(lengths) * per_data)
         return check_sweep_memory(X, sum(lengths) * per_data, driver, SPLIT_EVERY)
 
     def _starts_from_sample(self, estimators, summary, dtype, weighted: bool) -> list:
@@ -321,7 +347,7 @@ def settle_runs(est: GaussianMixture, rs: list[LockstepRun], dtype, out_dtype) -
     settles its restarts: the one of the highest final lower bound (the first of equals) becomes
     ``est``'s fitted state (``best_init_``, ``init_history_`` too).  Returns its figures from the
     scoring pass (``loglik``, ``bic``, ``icl``, ``aic``, ``n_parameters``, ``n_iter``,
-    ``converged``, ``best_init``, ``failed_restarts``; the criteria as
+    ``converged``, ``best_init``, ``failed_restarts``, ``incremental_passes``; the criteria as
     ``GaussianMixture.information_criteria`` computes them), or None if every run failed."""
     done = [(i, r) for i, r in enumerate(rs) if r.status != "failed"]
     if not done:
@@ -338,7 +364,8 @@ def settle_runs(est: GaussianMixture, rs: list[LockstepRun], dtype, out_dtype) -
     ic = criteria_from_sums(*best.scores, best.params.n_parameters())
     return {"loglik": ic["loglik"], "bic": float(ic["bic"]), "icl": float(ic["icl"]), "aic": float(ic["aic"]),
             "n_parameters": int(ic["n_parameters"]), "n_iter": result.n_iter, "converged": bool(result.converged),
-            "best_init": best_i, "failed_restarts": [r.reason for r in rs if r.status == "failed"]}
+            "best_init": best_i, "failed_restarts": [r.reason for r in rs if r.status == "failed"],
+            "incremental_passes": len(best.incremental)}
 
 
 def _starts(est: GaussianMixture, n_init: int, X, summary, weights, dtype, updater, in_memory=None) -> list[LockstepRun]:
