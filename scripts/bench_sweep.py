@@ -7,7 +7,7 @@ streamed on every pass (``cache="none"``) through a counting identity, so the pa
 counted independently of the estimators' own ``n_passes_``; ``--read-cost`` adds a sleep per
 chunk read, as an object store adds latency.  Threaded scheduler, BLAS on one thread per task.
 
-    python scripts/bench_sweep.py [--rows 400000] [--read-cost 0.05] [--skip-loop]
+    python scripts/bench_sweep.py [--rows 400000] [--read-cost 0.05] [--skip-loop] [--quick] [--variants]
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--read-cost", type=float, default=0.0, help="seconds of sleep per chunk read")
     ap.add_argument("--skip-loop", action="store_true", help="leave out the loop of single fits")
     ap.add_argument("--quick", action="store_true", help="only the default sweep and the candidates one by one")
+    ap.add_argument("--variants", action="store_true",
+                    help="also the sweeps with incremental EM (incremental_blocks 4, 8) and the Aitken stopping rule")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     ks, types = list(range(2, 9)), ["full", "diag"]
@@ -85,14 +87,21 @@ def main() -> None:
                         if best is None or ic["bic"] < best[0]:
                             best = (ic["bic"], k, ct, ic["loglik"])
                 rows.append(("loop of GaussianMixture fits + bic()", reads.n, time.perf_counter() - t, best))
-            sweeps = [("GaussianMixtureIC (default: starts from a 20,000-row sample)", 20_000)]
+            sweeps = [("GaussianMixtureIC (default: starts from a 20,000-row sample)", {})]
             if not args.quick:
-                sweeps.append(("GaussianMixtureIC, init_sample=None (starts on the data)", None))
-            for label, init_sample in sweeps:
+                sweeps.append(("GaussianMixtureIC, init_sample=None (starts on the data)", {"init_sample": None}))
+            if args.variants:
+                for b in (4, 8):
+                    sweeps.append((f"  default, incremental_blocks={b}", {"incremental_blocks": b}))
+                    sweeps.append((f"  init_sample=None, incremental_blocks={b}", {"init_sample": None,
+                                                                                   "incremental_blocks": b}))
+                sweeps.append(("  default, stopping='aitken'", {"stopping": "aitken"}))
+                sweeps.append(("  init_sample=None, stopping='aitken'", {"init_sample": None, "stopping": "aitken"}))
+            for label, kw in sweeps:
                 X, reads = data()
                 t = time.perf_counter()
                 ic = GaussianMixtureIC(n_components=ks, covariance_type=types, random_state=0, cache="none",
-                                       init_sample=init_sample).fit(X)
+                                       **kw).fit(X)
                 sel = min(ic.criteria_, key=lambda c: c["bic"])
                 rows.append((label, reads.n, time.perf_counter() - t,
                              (sel["bic"], sel["n_components"], sel["covariance_type"], sel["loglik"])))
