@@ -71,7 +71,7 @@ from pipeline.options import (
     INIT_PARAMS,
     NAN_POLICIES,
 )
-from pipeline.storage.stores import check_storage_options
+from pipeline.storage.stores import check_storage_options, location
 
 __all__ = [
     "CheckpointConfig",
@@ -516,14 +516,7 @@ def _path(v, key, ctx):
     if isinstance(v, os.PathLike):
         v = os.fspath(v)
     _string()(v, key, ctx)
-    return _absolute(v)
-
-
-def _absolute(p: str) -> str:
-    """Absolute path against the CWD; URLs (``scheme://``) are returned unchanged."""
-    if "://" in p:
-        return p
-    return os.path.abspath(os.path.expanduser(p))
+    return location(v)
 
 
 def _mapping(v, key, ctx):
@@ -683,7 +676,7 @@ def _section(cls, schema: dict, raw: Any, key: str, ctx: _Ctx):
         if f.name not in kwargs and f.name in schema:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             if schema[f.name] is _path:
-                kwargs[f.name] = _absolute(default)
+                kwargs[f.name] = location(default)
     return cls(**kwargs)
 
 

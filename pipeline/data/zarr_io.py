@@ -28,8 +28,8 @@ from dask.base import tokenize
 from pipeline.data.chunking import resolve_chunk_rows
 from pipeline.data.synthetic import generate_mixture
 from pipeline.exceptions import DataError, OutputExistsError
-from pipeline.storage.atomic import location, tmp_sibling, write_dir_atomically
-from pipeline.storage.stores import fsspec_options, is_url, location_of
+from pipeline.storage.atomic import tmp_sibling, write_dir_atomically
+from pipeline.storage.stores import fsspec_options, is_url, location, location_of
 
 #: dtype kinds accepted as data: signed/unsigned integers and floats
 _NUMERIC_KINDS = "iuf"

@@ -21,12 +21,6 @@ from pathlib import Path
 from pipeline.exceptions import OutputExistsError
 
 
-def location(path: str | os.PathLike) -> str:
-    """Absolute path against the CWD (``~`` expanded); URLs (``scheme://``) unchanged."""
-    p = os.fspath(path)
-    return p if "://" in p else os.path.abspath(os.path.expanduser(p))
-
-
 def tmp_sibling(final: Path, tag: str | None = None) -> Path:
     """A hidden, unique path beside ``final`` (same filesystem, so a rename publishes it)."""
     return final.parent / f".{tag or final.name}.tmp-{uuid.uuid4().hex[:12]}"
@@ -81,7 +75,7 @@ def atomic_write_bytes(path, data: bytes):
     gets 0o644.  Returns the absolute path.  A :class:`~pipeline.storage.stores.StorePath` is
     written by one PUT (atomic on S3) and returned.
     """
-    from pipeline.storage.stores import StorePath
+    from pipeline.storage.stores import StorePath, location
 
     if isinstance(path, StorePath):
         path.write_bytes(data)

@@ -57,6 +57,12 @@ def is_url(path) -> bool:
     return "://" in os.fspath(path)
 
 
+def location(path: str | os.PathLike) -> str:
+    """Absolute path against the CWD (``~`` expanded); URLs (``scheme://``) unchanged."""
+    p = os.fspath(path)
+    return p if is_url(p) else os.path.abspath(os.path.expanduser(p))
+
+
 def check_storage_options(options, where: str) -> dict:
     """The config's ``storage_options`` (a mapping of :data:`STORAGE_OPTIONS` keys), checked;
     ConfigError naming ``where`` for an unknown key, a credential or a wrong type."""
@@ -211,7 +217,7 @@ def location_of(path, storage_options: Mapping | None = None):
     from pathlib import Path
 
     p = os.fspath(path)
-    return StorePath(p, storage_options) if is_url(p) else Path(os.path.abspath(os.path.expanduser(p)))
+    return StorePath(p, storage_options) if is_url(p) else Path(location(p))
 
 
 class StoreOutput:
