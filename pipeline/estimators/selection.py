@@ -21,7 +21,7 @@ from pipeline.engine.em import warn_not_converged
 from pipeline.engine.graph import SPLIT_EVERY, counting_passes, record_pass
 from pipeline.engine.init import initialize
 from pipeline.engine.missing import INIT_MIN_COMPLETE_PER_PARAMETER, complete_rows, initialisation_data
-from pipeline.engine.resources import check_sweep_memory, should_cache, single_threaded_blas
+from pipeline.engine.resources import check_sweep_memory, should_cache, single_threaded, single_threaded_blas
 from pipeline.engine.summary import summarize
 from pipeline.engine.sweep import STOPPING, LockstepRun, run_lockstep
 from pipeline.estimators.base import logger, verbose_logging
@@ -375,8 +375,8 @@ def _starts(est: GaussianMixture, n_init: int, X, summary, weights, dtype, updat
     ``in_memory``: (rows, weights or None), the NumPy form of ``X`` when it is the initialisation
     sample; then ``init_params="kmeans"`` is scikit-learn's ``KMeans`` (k-means++ seeding and
     Lloyd, one init, seeded from the generator) on those rows, whose centres start the M step,
-    instead of k-means|| and Lloyd made of Dask passes (measured: 0.29 s per start on 20,000 x 8
-    rows, the most of a sweep's time)."""
+    instead of k-means|| and Lloyd made of Dask passes; on one thread (see
+    :func:`pipeline.engine.resources.single_threaded`)."""
     rng, runs = est._rng(), []
     for _ in range(n_init):
         try:
@@ -385,7 +385,8 @@ def _starts(est: GaussianMixture, n_init: int, X, summary, weights, dtype, updat
 
                 rows, w = in_memory
                 km = KMeans(est.n_components, n_init=1, random_state=int(rng.integers(2**31)))
-                centres = km.fit(rows, sample_weight=w).cluster_centers_
+                with single_threaded():
+                    centres = km.fit(rows, sample_weight=w).cluster_centers_
                 params = initialize(X, summary, est.n_components, est.covariance_type, est.init_params, rng,
                                     est.reg_covar, dtype, means_init=centres, weights=weights)
             else:
