@@ -13,6 +13,10 @@ INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 #: rows with a NaN are left out of the fit; "marginalize": NaN are values missing at random,
 #: marginalised by EM (:mod:`pipeline.kernels.missing`)
 NAN_POLICIES = ("raise", "omit", "marginalize")
+#: ``init_sample`` (GaussianMixtureIC, YAML ``model.init_sample``): the rows of the uniform
+#: sample, drawn in the summary pass, that a sweep's candidates start from (None: every restart
+#: starts on the data, as ``GaussianMixture.fit``)
+INIT_SAMPLE_DEFAULT = 20_000
 #: compute precision of the E step (statistics are accumulated in float64 whatever it is)
 DTYPES = ("float32", "float64")
 #: ``cache``: keep the data in (worker) memory between passes

@@ -243,3 +243,25 @@ def test_the_aitken_rule_goes_on_through_a_slow_tail_that_the_change_rule_stops_
         GaussianMixtureIC(stopping="relative").fit(X)
     with pytest.raises(ValueError, match="'incremental_blocks' must be an integer >= 1"):
         GaussianMixtureIC(incremental_blocks=0).fit(X)
+
+
+@pytest.mark.filterwarnings("ignore::pipeline.exceptions.ConvergenceWarning")
+def test_without_a_sample_each_candidate_starts_on_its_own_fits_initialisation_data_under_marginalize(data):
+    """init_sample=None, nan_policy="marginalize": 20 complete rows are enough to start K=2 on
+    the complete rows (K * (D + 1) = 8) but not K=6 (24, so its start is on the mean-imputed
+    rows): each candidate starts, and runs, as its own GaussianMixture.fit."""
+    X = data[:600].copy()
+    rng = np.random.default_rng(5)
+    X[np.arange(20, 600), rng.integers(0, 3, size=580)] = np.nan
+    kw = dict(nan_policy="marginalize", random_state=1, max_iter=5, tol=0.0, init_params="k-means++")
+    ic = GaussianMixtureIC(n_components=[2, 6], covariance_type="full", init_sample=None, **kw).fit(X)
+    for k in (2, 6):
+        single = GaussianMixture(k, **kw).fit(X)
+        np.testing.assert_allclose(ic.estimators_[k, "full"].history_, single.history_, rtol=1e-10)
+        np.testing.assert_allclose(ic.estimators_[k, "full"].means_, single.means_, rtol=1e-10)
+
+
+def test_init_sample_must_be_a_positive_integer_or_none(data):
+    for bad in (0, -5, 2.5, "many", True):
+        with pytest.raises(ValueError, match=r"parameter 'init_sample' must be an integer >= 1 or None"):
+            GaussianMixtureIC(n_components=[1, 2], init_sample=bad).fit(data)

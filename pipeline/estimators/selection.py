@@ -29,6 +29,7 @@ from pipeline.estimators.gaussian_mixture import GaussianMixture, criteria_from_
 from pipeline.estimators.validation import validate_input, validate_weights
 from pipeline.exceptions import CovarianceError, DataError
 from pipeline.families import MCLUST_MODELS, get_family
+from pipeline.options import INIT_SAMPLE_DEFAULT
 
 CRITERIA = ("bic", "icl")
 #: on the initialisation sample: starts per n_init, the EM iterations each of them gets, and the
@@ -129,7 +130,7 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
         cache="auto",
         chunk_rows="auto",
         nan_policy="raise",
-        init_sample=20_000,
+        init_sample=INIT_SAMPLE_DEFAULT,
         incremental_blocks=1,
         stopping="change",
     ):
@@ -202,38 +203,19 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
         t_start = time.perf_counter()
         candidates = self._candidates()
         estimators = [self._estimator(k, ct) for k, ct in candidates]
-        first = estimators[0]
-        X, was_dask = validate_input(self, X, reset=True, name="X", chunk_rows=self.chunk_rows)
-        for est in estimators:
-            est._check_parameters(X.shape[0], X.shape[1])
-        dtype = first._compute_dtype(X)
-        weights = None if sample_weight is None else validate_weights(sample_weight, X, "X")
+        sweep = SweepStart(estimators, self.init_sample, blocks=self.incremental_blocks)
+        X, was_dask, weights = sweep.validate(self, X, sample_weight)
+        dtype = sweep.dtype
         if should_cache(X, self.cache, was_dask):
             record_pass()  # persisting reads every chunk once
             X = X.persist()
             weights = None if weights is None else weights.persist()
-        self.memory_ = self._check_memory(X, candidates)
-        sample = None
-        if self.init_sample is not None:  # drawn in the summary pass
-            seed = int(self._estimator(1, "full")._rng().integers(2**31))
-            sample = (min(1.0, int(self.init_sample) / X.shape[0]), seed)
-        summary = summarize(X, "X", self.nan_policy, weights, sample=sample)
-        marginalize = self.nan_policy == "marginalize" and summary.n_incomplete > 0
-        init_X, init_summary, init_weights = X, summary, weights
-        if self.nan_policy == "omit":
-            X, weights = complete_rows(X, summary, weights)
-            init_X, init_weights = X, weights
-        elif marginalize:
-            init_X, init_summary, init_weights = initialisation_data(X, summary, max(k for k, _ in candidates),
-                                                                     weights)
-        if self.init_sample is None:  # each candidate's restarts start as its own fit would start them
-            runs = [_starts(est, self.n_init, init_X, init_summary, init_weights, dtype, est._updater(summary))
-                    for est in estimators]
-        else:
-            starts = self._starts_from_sample(estimators, summary, dtype, weighted=weights is not None)
-            runs = [[LockstepRun(r.params, est._updater(summary), status="failed" if r.status == "failed" else "running",
-                                 reason=r.reason and f"on the initialisation sample: {r.reason}")]
-                    for r, est in zip(starts, estimators)]
+        self.memory_ = sweep.check_memory(X)
+        summary = summarize(X, "X", self.nan_policy, weights, sample=sweep.sample(X.shape[0]))  # the sample: this pass
+        X, weights, marginalize = sweep.em_data(X, summary, weights)
+        runs = sweep.runs(X, summary, weights)
+        if sweep.sample_rows is not None:
+            self.init_sample_rows_ = sweep.sample_rows
         n_em = run_lockstep(X, [r for rs in runs for r in rs], tol=self.tol, max_iter=self.max_iter, dtype=dtype,
                             weights=weights, marginalize=marginalize, callback=self._progress,
                             blocks=self.incremental_blocks, stopping=self.stopping)
@@ -252,60 +234,6 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
         self.fit_seconds_ = time.perf_counter() - t_start
         b = self.best_estimator_
         warn_not_converged(EMResult(b._mixture, b.history_, b.converged_, b.n_iter_), self.max_iter)
-
-    def _check_memory(self, X, candidates) -> dict:
-        """Worker and driver memory of the sweep's passes against what they may use, before any
-        pass (:func:`pipeline.engine.resources.check_sweep_memory`)."""
-        d = X.shape[1]
-        per_data = self.n_init if self.init_sample is None else 1
-        lengths = [vector_length(ct, k, d) + 3 for k, ct in candidates]
-        params = [8 * k * (d * d + d + 1) * 3 for k, _ in candidates]  # weights, means, covariances, factors
-        on_sample = 0 if self.init_sample is None else SAMPLE_STARTS_PER_INIT * self.n_init
-        sample_rows = 0 if self.init_sample is None else min(int(self.init_sample) * 2, X.shape[0])
-        kept = 2 + (self.incremental_blocks if self.incremental_blocks > 1 else 0)  # incremental: per group
-        driver = (3 * 8 * sample_rows * (d + 1) + sum(params) * (on_sample + per_data)
-                  + kept * 8 * sum(lengths) * per_data)
-        return check_sweep_memory(X, sum(lengths) * per_data, driver, SPLIT_EVERY)
-
-    def _starts_from_sample(self, estimators, summary, dtype, weighted: bool) -> list:
-        """One start (a run on the sample) per candidate from the uniform sample of about
-        ``init_sample`` rows drawn in the summary pass, held in memory (under
-        ``nan_policy="marginalize"`` its complete rows if there are enough of them, as for a fit,
-        else every row with its NaN replaced by the feature's mean): each candidate's
-        ``SAMPLE_STARTS_PER_INIT * n_init`` initialisations are made on it, each followed by
-        ``SHORT_EM_ITER`` EM iterations (all in lockstep, on the driver's threads); the start of
-        the highest sample log-likelihood goes on to ``SAMPLE_EM_ITER`` iterations and is the
-        start on the data (a candidate whose every start failed on the sample fails)."""
-        S, Sw = summary.sample
-        if summary.n_incomplete and self.nan_policy == "marginalize":
-            complete = ~np.isnan(S).any(axis=1)
-            k_max = max(est.n_components for est in estimators)
-            if complete.sum() >= INIT_MIN_COMPLETE_PER_PARAMETER * k_max * (S.shape[1] + 1):
-                S, Sw = S[complete], Sw[complete]
-            else:
-                S = np.where(np.isnan(S), summary.mean, S)
-        self.init_sample_rows_ = len(S)
-        if len(S) < max(est.n_components for est in estimators):
-            raise DataError(f"X: the initialisation sample has {len(S)} rows, fewer than the largest n_components; "
-                            "raise init_sample")
-        # in memory, on the driver's threads: no pass over the data
-        with counting_passes(), dask.config.set(scheduler="threads"):
-            Sd = da.from_array(S, chunks=(max(1, -(-len(S) // SAMPLE_CHUNKS)), S.shape[1]))
-            Swd = da.from_array(Sw, chunks=(Sd.chunks[0],)) if weighted else None
-            s_summary = summarize(Sd, "the initialisation sample", "raise", Swd)
-            runs = [_starts(est, self.n_init * SAMPLE_STARTS_PER_INIT, Sd, s_summary, Swd, dtype,
-                            est._updater(s_summary), in_memory=(S, Sw if weighted else None)) for est in estimators]
-            run_lockstep(Sd, [r for rs in runs for r in rs], tol=self.tol, max_iter=min(self.max_iter, SHORT_EM_ITER),
-                         dtype=dtype, weights=Swd)
-            starts = []
-            for rs in runs:  # each candidate's best short run goes on, then to the data
-                done = [r for r in rs if r.status != "failed" and r.scores is not None]
-                best = max(done, key=lambda r: r.scores[0] / r.scores[1]) if done else rs[0]
-                if best.status == "max_iter":
-                    best.status, best.scores = "running", None
-                starts.append(best)
-            run_lockstep(Sd, starts, tol=self.tol, max_iter=min(self.max_iter, SAMPLE_EM_ITER), dtype=dtype, weights=Swd)
-        return starts
 
     def _progress(self, info):
         if self.verbose and (info.n_pass % self.verbose_interval == 0 or self.verbose >= 2):
@@ -340,6 +268,150 @@ class GaussianMixtureIC(DensityMixin, BaseEstimator):
 
     def fit_predict(self, X, y=None):
         return self.fit(X).predict(X)
+
+
+class SweepStart:
+    """The start of a lockstep sweep, one preparation for :meth:`GaussianMixtureIC.fit` and
+    ``gmm-pipeline run`` (:mod:`pipeline.batch.runner`), in the order of the passes:
+
+    1. :meth:`validate`, before any pass: the data, every candidate's parameters, the compute
+       dtype (``dtype``), the weights;
+    2. :meth:`check_memory`, before any pass;
+    3. :meth:`sample`: what the summary pass draws (``summarize(..., sample=...)``);
+    4. :meth:`em_data`, after the summary pass: the data the EM passes run on (``nan_policy``);
+    5. :meth:`runs`: each candidate's runs, from the sample or initialised on the data.
+
+    ``estimators``: one ``GaussianMixture`` per candidate, with the parameters its own fit would
+    have (shared but for ``n_components`` and ``covariance_type``).  ``init_sample``: as
+    ``GaussianMixtureIC``'s (None: each candidate's ``n_init`` restarts start on the data as its
+    fit starts them; an integer: one start per candidate, from the sample).  ``name``: the data
+    in error messages.
+    """
+
+    def __init__(self, estimators: list[GaussianMixture], init_sample: int | None, name: str = "X", blocks: int = 1):
+        if init_sample is not None and (not isinstance(init_sample, numbers.Integral) or isinstance(init_sample, bool)
+                                        or init_sample < 1):
+            raise ValueError(f"GaussianMixtureIC parameter 'init_sample' must be an integer >= 1 or None; "
+                             f"got {init_sample!r}")
+        self.estimators, self.init_sample, self.name, self.blocks = estimators, init_sample, name, blocks
+        first = estimators[0]
+        self.n_init, self.nan_policy, self.tol, self.max_iter = first.n_init, first.nan_policy, first.tol, first.max_iter
+        self.dtype = None  # the compute dtype, set by validate
+        self.sample_rows = None  # the rows of the sample the starts were made on (set by runs, with init_sample)
+
+    @property
+    def runs_per_candidate(self) -> int:
+        """A candidate's runs on the data: its ``n_init`` restarts, or its one start from the sample."""
+        return self.n_init if self.init_sample is None else 1
+
+    def validate(self, owner, X, sample_weight=None):
+        """X as a row-chunked Dask array (``owner``'s ``n_features_in_`` set), checked against
+        every candidate's parameters; sets ``dtype``.  Returns (X, input_was_dask, the
+        validated weights or None)."""
+        first = self.estimators[0]
+        X, was_dask = validate_input(owner, X, reset=True, name=self.name, chunk_rows=first.chunk_rows)
+        for est in self.estimators:
+            est._check_parameters(X.shape[0], X.shape[1])
+        self.dtype = first._compute_dtype(X)
+        weights = None if sample_weight is None else validate_weights(sample_weight, X, self.name)
+        return X, was_dask, weights
+
+    def check_memory(self, X, sample: bool = True) -> dict:
+        """Worker and driver memory of the sweep's passes against what they may use, before any
+        pass (:func:`pipeline.engine.resources.check_sweep_memory`); ``sample=False``: no
+        sample is drawn (the runs come from a checkpoint)."""
+        sample = sample and self.init_sample is not None
+        candidates = [(est.n_components, est.covariance_type) for est in self.estimators]
+        d = X.shape[1]
+        per_data = self.runs_per_candidate
+        lengths = [vector_length(ct, k, d) + 3 for k, ct in candidates]
+        params = [8 * k * (d * d + d + 1) * 3 for k, _ in candidates]  # weights, means, covariances, factors
+        on_sample = SAMPLE_STARTS_PER_INIT * self.n_init if sample else 0
+        sample_rows = min(int(self.init_sample) * 2, X.shape[0]) if sample else 0
+        kept = 2 + (self.blocks if self.blocks > 1 else 0)  # incremental EM keeps statistics per group
+        driver = (3 * 8 * sample_rows * (d + 1) + sum(params) * (on_sample + per_data)
+                  + kept * 8 * sum(lengths) * per_data)
+        return check_sweep_memory(X, sum(lengths) * per_data, driver, SPLIT_EVERY)
+
+    def sample(self, n_rows: int) -> tuple | None:
+        """``summarize``'s ``sample=(fraction, seed)`` for data of ``n_rows`` rows (about
+        ``init_sample`` rows, seeded from ``random_state``), or None without ``init_sample``."""
+        if self.init_sample is None:
+            return None
+        seed = int(self.estimators[0]._rng().integers(2**31))
+        return min(1.0, int(self.init_sample) / n_rows), seed
+
+    def em_data(self, X, summary, weights):
+        """(the data, its weights, whether EM marginalises missing values) of the EM passes:
+        under ``nan_policy="omit"`` the complete rows (fewer than the largest ``n_components``
+        is a DataError, as for a fit)."""
+        if self.nan_policy == "omit":
+            k = max(est.n_components for est in self.estimators)
+            if summary.n_samples < k:
+                raise DataError(
+                    f"{self.name}: nan_policy='omit' leaves {summary.n_samples} complete rows of {summary.n_rows}, "
+                    f"fewer than n_components={k}; use nan_policy='marginalize'"
+                )
+            X, weights = complete_rows(X, summary, weights)
+        return X, weights, self.nan_policy == "marginalize" and summary.n_incomplete > 0
+
+    def runs(self, X, summary, weights) -> list[list[LockstepRun]]:
+        """Each candidate's runs on ``X`` (:meth:`em_data`'s): with ``init_sample`` one start
+        from the summary's sample (:meth:`starts_from_sample`), else its ``n_init`` restarts
+        initialised on the data as its ``GaussianMixture.fit`` initialises them (under
+        "marginalize" on its own :func:`initialisation_data`)."""
+        if self.init_sample is not None:
+            starts = self.starts_from_sample(summary, weighted=weights is not None)
+            return [[LockstepRun(r.params, est._updater(summary), status="failed" if r.status == "failed" else "running",
+                                 reason=r.reason and f"on the initialisation sample: {r.reason}")]
+                    for r, est in zip(starts, self.estimators)]
+        runs = []
+        for est in self.estimators:
+            init_X, init_summary, init_weights = X, summary, weights
+            if self.nan_policy == "marginalize":
+                init_X, init_summary, init_weights = initialisation_data(X, summary, est.n_components, weights)
+            runs.append(_starts(est, self.n_init, init_X, init_summary, init_weights, self.dtype, est._updater(summary)))
+        return runs
+
+    def starts_from_sample(self, summary, weighted: bool) -> list[LockstepRun]:
+        """One start (a run on the sample) per candidate from the uniform sample of about
+        ``init_sample`` rows drawn in the summary pass, held in memory (under
+        ``nan_policy="marginalize"`` its complete rows if there are enough of them, as for a fit,
+        else every row with its NaN replaced by the feature's mean): each candidate's
+        ``SAMPLE_STARTS_PER_INIT * n_init`` initialisations are made on it, each followed by
+        ``SHORT_EM_ITER`` EM iterations (all in lockstep, on the driver's threads); the start of
+        the highest sample log-likelihood goes on to ``SAMPLE_EM_ITER`` iterations and is the
+        start on the data (a candidate whose every start failed on the sample fails)."""
+        S, Sw, estimators, dtype = *summary.sample, self.estimators, self.dtype
+        if summary.n_incomplete and self.nan_policy == "marginalize":
+            complete = ~np.isnan(S).any(axis=1)
+            k_max = max(est.n_components for est in estimators)
+            if complete.sum() >= INIT_MIN_COMPLETE_PER_PARAMETER * k_max * (S.shape[1] + 1):
+                S, Sw = S[complete], Sw[complete]
+            else:
+                S = np.where(np.isnan(S), summary.mean, S)
+        self.sample_rows = len(S)
+        if len(S) < max(est.n_components for est in estimators):
+            raise DataError(f"{self.name}: the initialisation sample has {len(S)} rows, fewer than the largest n_components; "
+                            "raise init_sample")
+        # in memory, on the driver's threads: no pass over the data
+        with counting_passes(), dask.config.set(scheduler="threads"):
+            Sd = da.from_array(S, chunks=(max(1, -(-len(S) // SAMPLE_CHUNKS)), S.shape[1]))
+            Swd = da.from_array(Sw, chunks=(Sd.chunks[0],)) if weighted else None
+            s_summary = summarize(Sd, "the initialisation sample", "raise", Swd)
+            runs = [_starts(est, self.n_init * SAMPLE_STARTS_PER_INIT, Sd, s_summary, Swd, dtype,
+                            est._updater(s_summary), in_memory=(S, Sw if weighted else None)) for est in estimators]
+            run_lockstep(Sd, [r for rs in runs for r in rs], tol=self.tol, max_iter=min(self.max_iter, SHORT_EM_ITER),
+                         dtype=dtype, weights=Swd)
+            starts = []
+            for rs in runs:  # each candidate's best short run goes on, then to the data
+                done = [r for r in rs if r.status != "failed" and r.scores is not None]
+                best = max(done, key=lambda r: r.scores[0] / r.scores[1]) if done else rs[0]
+                if best.status == "max_iter":
+                    best.status, best.scores = "running", None
+                starts.append(best)
+            run_lockstep(Sd, starts, tol=self.tol, max_iter=min(self.max_iter, SAMPLE_EM_ITER), dtype=dtype, weights=Swd)
+        return starts
 
 
 def settle_runs(est: GaussianMixture, rs: list[LockstepRun], dtype, out_dtype) -> dict | None:
@@ -397,4 +469,4 @@ def _starts(est: GaussianMixture, n_init: int, X, summary, weights, dtype, updat
     return runs
 
 
-__all__ = ["GaussianMixtureIC"]
+__all__ = ["GaussianMixtureIC", "SweepStart"]
