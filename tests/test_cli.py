@@ -133,6 +133,7 @@ def test_bic_selects_the_true_number_of_components(tmp_path, client):
         (lambda c: c["model"].update(max_iter="many"), "model.max_iter"),
         (lambda c: c["model"].update(covariance_type="round"), "model.covariance_type"),
         (lambda c: c["model"].update(tol=-1), "model.tol"),
+        (lambda c: c["model"].update(init_sample=0), r"model.init_sample is too small: got 0; accepted: an integer >= 1 or null"),
     ],
 )
 def test_config_errors_exit_nonzero_naming_the_key(tmp_path, edit, message):
@@ -235,7 +236,7 @@ def test_all_models_give_bic_and_icl_tables_and_failed_candidates_are_recorded(t
     _blobs_with_a_duplicated_point(tmp_path / "dup.zarr")
     config, cfg = small_config(tmp_path)
     cfg["data"] = {"path": str(tmp_path / "dup.zarr"), "chunk_rows": 400}
-    cfg["model"].update(n_components=[3, 4], covariance_type="all", reg_covar=0.0, dtype="float64")
+    cfg["model"].update(n_components=[3, 4], covariance_type="all", reg_covar=0.0, dtype="float64", init_sample=None)
     cfg["output"]["plots"] = True
     result = run(config_from_dict(cfg), client=client)
     table = result.report["criteria"]
@@ -284,7 +285,7 @@ def test_resume_keeps_failed_candidates_without_refitting_them(tmp_path, client)
     _blobs_with_a_duplicated_point(tmp_path / "dup.zarr")
     config, cfg = small_config(tmp_path)
     cfg["data"] = {"path": str(tmp_path / "dup.zarr"), "chunk_rows": 400}
-    cfg["model"].update(n_components=3, covariance_type=["VVV", "EEE"], reg_covar=0.0, max_iter=5)
+    cfg["model"].update(n_components=3, covariance_type=["VVV", "EEE"], reg_covar=0.0, max_iter=5, init_sample=None)
 
     class Stop(Exception):
         pass
@@ -292,21 +293,23 @@ def test_resume_keeps_failed_candidates_without_refitting_them(tmp_path, client)
     def boom(*a, **k):
         raise Stop
 
-    original_outputs, original_fit = run_mod._write_point_outputs, run_mod._initial_runs
+    import pipeline.estimators.selection as selection_mod
+
+    original_outputs, original_fit = run_mod._write_point_outputs, selection_mod._starts
     fitted = []
 
-    def counting_fit(est, *args):  # the candidates initialised (and so fitted) by the run
+    def counting_fit(est, *args, **kwargs):  # the candidates initialised (and so fitted) by the run
         fitted.append(run_mod.candidate_name(est.n_components, est.covariance_type))
-        return original_fit(est, *args)
+        return original_fit(est, *args, **kwargs)
 
     try:
         run_mod._write_point_outputs = boom  # interrupted after both candidates, before outputs
         with pytest.raises(Stop):
             run(config_from_dict(cfg), client=client)
-        run_mod._write_point_outputs, run_mod._initial_runs = original_outputs, counting_fit
+        run_mod._write_point_outputs, selection_mod._starts = original_outputs, counting_fit
         result = run(config_from_dict(cfg), resume=True, client=client)
     finally:
-        run_mod._write_point_outputs, run_mod._initial_runs = original_outputs, original_fit
+        run_mod._write_point_outputs, selection_mod._starts = original_outputs, original_fit
     assert "k3-VVV" not in fitted  # its failure came from the checkpoint
     by_name = {c["name"]: c for c in result.report["candidates"]}
     assert by_name["k3-VVV"]["status"] == "failed" and "increase reg_covar" in by_name["k3-VVV"]["reason"]
@@ -317,7 +320,7 @@ def test_data_weights_in_the_group_or_their_own_store_weigh_the_run(tmp_path, cl
     from pipeline.data.zarr_io import write_array_zarr
 
     config, cfg = small_config(tmp_path)
-    cfg["model"].update(n_components=[2, 3], max_iter=30, dtype="float64")
+    cfg["model"].update(n_components=[2, 3], max_iter=30, dtype="float64", init_sample=None)
     X = open_dataset(run(config_from_dict(cfg), client=client).out_dir.parent / "data.zarr")  # generated
     w = np.random.default_rng(0).integers(0, 3, size=X.shape[0]).astype(np.float64)
     zarr.open_group(cfg["data"]["path"], mode="r+").create_array("w", data=w, chunks=(3000,))
@@ -383,7 +386,7 @@ def test_nan_policy_in_the_yaml_omits_or_marginalizes_and_the_report_says_so(tmp
     from pipeline.data.zarr_io import write_array_zarr
 
     config, cfg = small_config(tmp_path)
-    cfg["model"].update(max_iter=40, dtype="float64")
+    cfg["model"].update(max_iter=40, dtype="float64", init_sample=None)
     X = open_dataset(run(config_from_dict(cfg), client=client).out_dir.parent / "data.zarr").compute()  # generated
     X = X.astype(np.float64)
     X[np.random.default_rng(1).random(X.shape) < 0.1] = np.nan
@@ -432,7 +435,7 @@ def test_a_yaml_run_fits_its_candidates_in_lockstep_with_the_one_by_one_figures(
 
     config, cfg = small_config(tmp_path)
     cfg["model"].update(n_components=[2, 3, 4], covariance_type=["full", "diag"], n_init=2, max_iter=40,
-                        dtype="float64", init_params="random_from_data")
+                        dtype="float64", init_params="random_from_data", init_sample=None)
     cfg["output"].update(plots=False, responsibilities=False)
     config.write_text(yaml.safe_dump(cfg))
     r = gmm("run", config)
@@ -467,3 +470,41 @@ def test_a_yaml_run_fits_its_candidates_in_lockstep_with_the_one_by_one_figures(
     assert passes["em"] < one_by_one / 3, (passes, one_by_one)  # here the sum is 6 x 2 runs' iterations + 6
     assert f"passes over the data: {passes['total']} " in r.stdout
     assert r.stdout.count(" restart 1 iter    1 ") == 6  # every run's progress lines, as before
+
+
+def test_a_yaml_run_with_init_sample_starts_as_gaussian_mixture_ic_and_initialises_in_no_pass(tmp_path, client):
+    """model.init_sample: the runner draws the sample in its summary pass and starts its
+    candidates from it as ``GaussianMixtureIC(init_sample=...)`` does (one start per candidate,
+    the best of 10 * n_init short EM runs on the sample): the same selection, every candidate's
+    log-likelihood, BIC, ICL and n_iter, and the selected model's parameters (1e-10).
+    report.json: the summary 1 pass (the data cached by it), initialisation 0, the EM those of
+    GaussianMixtureIC's lockstep."""
+    from pipeline import GaussianMixtureIC
+    from pipeline.data.zarr_io import dataset_from_config
+
+    _, cfg = small_config(tmp_path)
+    cfg["model"].update(n_components=[2, 3, 4], covariance_type=["full", "diag"], n_init=2, max_iter=40,
+                        dtype="float64", init_sample=3000)
+    cfg["output"].update(plots=False, responsibilities=False)
+    result = run(config_from_dict(cfg), client=client)
+    report, m = result.report, cfg["model"]
+    X = dataset_from_config(config_from_dict(cfg).data)  # (generated by the run)
+    ic = GaussianMixtureIC(n_components=m["n_components"], covariance_type=m["covariance_type"], n_init=2,
+                           max_iter=m["max_iter"], tol=m["tol"], reg_covar=m["reg_covar"], init_params=m["init_params"],
+                           random_state=m["random_state"], dtype="float64", init_sample=3000).fit(X)
+    assert ic.init_sample_rows_ < 0.2 * X.shape[0]  # a sample, not the data
+    assert [c["name"] for c in report["candidates"]] == [f"k{c['n_components']}-{c['covariance_type']}"
+                                                         for c in ic.criteria_]
+    assert report["selected"]["name"] == f"k{ic.n_components_}-{ic.covariance_type_}"
+    for c, ref in zip(report["candidates"], ic.criteria_):
+        assert c["status"] == ref["status"] == "ok" and c["n_iter"] == ref["n_iter"] and c["best_init"] == 0, c["name"]
+        for key in ("loglik", "bic", "icl", "aic"):
+            np.testing.assert_allclose(c[key], ref[key], rtol=1e-10, err_msg=f"{c['name']} {key}")
+        est = ic.estimators_[ref["n_components"], ref["covariance_type"]]
+        np.testing.assert_allclose(c["history"], est.history_, rtol=1e-10, err_msg=c["name"])
+    best = ic.best_estimator_
+    for attr in ("weights_", "means_", "covariances_"):
+        np.testing.assert_allclose(getattr(result.model, attr), getattr(best, attr), rtol=1e-10, atol=1e-12)
+    passes = report["passes"]
+    assert (passes["summary"], passes["initialisation"], passes["em"]) == (1, 0, ic.n_em_passes_), passes
+    assert passes["total"] == 1 + passes["em"] + passes["outputs"]

@@ -157,7 +157,8 @@ def test_yaml_run_with_converted_weights_equals_a_fit_with_the_weights(tmp_path)
     config = tmp_path / "run.yaml"
     config.write_text(textwrap.dedent(f"""\
         data: {{path: {tmp_path / 't.zarr'}, weights: w, chunk_rows: null}}
-        model: {{n_components: 3, covariance_type: full, max_iter: 30, tol: 1.0e-8, dtype: float64, random_state: 0}}
+        model: {{n_components: 3, covariance_type: full, max_iter: 30, tol: 1.0e-8, dtype: float64, random_state: 0,
+                 init_sample: null}}
         output: {{dir: {tmp_path / 'run'}, labels: false, responsibilities: false, plots: false}}
         """))
     with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as client:

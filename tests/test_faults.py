@@ -49,24 +49,28 @@ def test_worker_killed_with_sigkill_mid_fit_gives_the_uninterrupted_result():
         np.testing.assert_allclose(getattr(fit, a), getattr(reference, a), rtol=1e-10, atol=1e-12)
 
 
-def _slow_config(tmp_path, name):
+def _slow_config(tmp_path, name, **model):
     config, cfg = small_config(tmp_path)
     cfg["data"]["generate"].update(n_samples=30000, separation=1.5, n_components=4)
-    cfg["model"].update(n_components=4, tol=0.0, max_iter=25, dtype="float64", init_params="random_from_data")
+    cfg["model"].update(n_components=4, tol=0.0, max_iter=25, dtype="float64", init_params="random_from_data", **model)
     cfg["output"].update(dir=str(tmp_path / name), plots=False, responsibilities=False)
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path, cfg
 
 
-def test_driver_killed_mid_run_resumes_to_the_same_model(tmp_path):
+@pytest.mark.parametrize("model", [{"init_sample": None}, {"init_sample": 5000, "n_init": 2}],
+                         ids=["starts-on-the-data", "starts-from-the-sample"])
+def test_driver_killed_mid_run_resumes_to_the_same_model(tmp_path, model):
+    """With init_sample, the resumed run takes every run's start from the checkpoint: no sample
+    is drawn again, and report.json counts no initialisation pass."""
     from pipeline.estimators.gaussian_mixture import GaussianMixture as GM
 
-    ref_cfg, ref = _slow_config(tmp_path, "reference")
+    ref_cfg, ref = _slow_config(tmp_path, "reference", **model)
     r = subprocess.run([*CLI, "run", ref_cfg], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
 
-    cfg_path, cfg = _slow_config(tmp_path, "killed")
+    cfg_path, cfg = _slow_config(tmp_path, "killed", **model)
     kill_run_at([*CLI, "run", cfg_path], "iter    6")  # the driver and its local cluster, at once
     out = Path(cfg["output"]["dir"])
     assert not out.exists()  # nothing half-written was published
@@ -78,6 +82,10 @@ def test_driver_killed_mid_run_resumes_to_the_same_model(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from checkpoint" in resumed.stdout
     assert "iter    1 " not in resumed.stdout.split("resuming")[1]
+    if model["init_sample"] is not None:
+        assert "on a sample of" in r.stdout and "on a sample of" not in resumed.stdout
+        for d in (out, Path(ref["output"]["dir"])):
+            assert json.loads((d / "report.json").read_text())["passes"]["initialisation"] == 0
     a = GM.load(out / "model.npz")
     b = GM.load(Path(ref["output"]["dir"]) / "model.npz")
     assert a.n_iter_ == b.n_iter_ == 25
@@ -390,6 +398,9 @@ def test_resume_refuses_a_checkpoint_of_another_config_or_data(tmp_path):
         other_model = {**cfg, "model": {**cfg["model"], "n_components": 5}}
         with pytest.raises(CheckpointError, match=r"model.n_components: 4 in the checkpoint, 5 now"):
             run(config_from_dict(other_model), resume=True, client=client)
+        other_start = {**cfg, "model": {**cfg["model"], "init_sample": None}}  # (the sample of the demo config)
+        with pytest.raises(CheckpointError, match=r"model.init_sample: 20000 in the checkpoint, None now"):
+            run(config_from_dict(other_start), resume=True, client=client)
         other_data = {**cfg, "data": {**cfg["data"], "path": str(tmp_path / "other.zarr"),
                                       "generate": {**cfg["data"]["generate"], "seed": 1}}}
         with pytest.raises(CheckpointError, match="data.sha256_chunk_moments"):

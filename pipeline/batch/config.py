@@ -13,7 +13,8 @@ A run is described by a YAML file with six sections (every key is optional and h
       storage_options: {}         # for s3://...: endpoint, region, anonymous, profile
     model: {n_components: 5, covariance_type: full, init_params: kmeans, n_init: 1,
             max_iter: 100, tol: 1.0e-3, reg_covar: 1.0e-6, dtype: float64, random_state: 0,
-            nan_policy: raise}            # raise | omit | marginalize (NaN = missing values)
+            nan_policy: raise,            # raise | omit | marginalize (NaN = missing values)
+            init_sample: 20000}           # the candidates start from a sample; null: on the data
     cluster: {kind: local, n_workers: 2, threads_per_worker: 1, memory_limit: 4GiB,
               address: null, host: 127.0.0.1, dashboard: true, security: {}, jobqueue: {},
               timeout: 300}
@@ -32,6 +33,11 @@ Conventions
 * ``model.n_components`` and ``model.covariance_type`` may be lists; then the run fits every
   combination and keeps the lowest BIC (see :meth:`ModelConfig.candidates`).  Lists are stored
   as tuples; a scalar stays a scalar.  ``covariance_type: all`` is mclust's 14 models (a tuple).
+* ``model.init_sample`` (an integer >= 1 or null) is ``GaussianMixtureIC``'s ``init_sample``:
+  the candidates start from a uniform sample of about that many rows drawn in the summary pass
+  (in memory on the driver: ``10 * n_init`` short EM runs per candidate, the best of them on to
+  the data; no pass over the data of its own); ``null``: each of a candidate's ``n_init``
+  restarts is initialised on the data, as ``GaussianMixture.fit`` does.
 * ``cluster.memory_limit`` is stored in bytes (int); ``"4GiB"``, ``"4GB"``, ``"512MiB"`` or an
   int are accepted (:func:`parse_memory`).
 * Float keys also accept strings such as ``1e-3`` (PyYAML reads a float without a dot as a
@@ -69,6 +75,7 @@ from pipeline.options import (
     DTYPES,
     GENERATE_DEFAULTS,
     INIT_PARAMS,
+    INIT_SAMPLE_DEFAULT,
     NAN_POLICIES,
 )
 from pipeline.storage.stores import check_storage_options, location
@@ -151,6 +158,9 @@ class ModelConfig:
     dtype: str = "float64"
     random_state: int | None = 0
     nan_policy: str = "raise"  # what NaN in the data mean: GaussianMixture's nan_policy
+    #: rows of the sample the candidates start from (None: each restart starts on the data):
+    #: GaussianMixtureIC's init_sample
+    init_sample: int | None = INIT_SAMPLE_DEFAULT
 
     @property
     def is_search(self) -> bool:
@@ -613,6 +623,7 @@ _SCHEMAS: dict[str, tuple[type, dict]] = {
             "dtype": _choice(DTYPES),
             "random_state": _int(0, nullable=True),
             "nan_policy": _choice(NAN_POLICIES),
+            "init_sample": _int(1, nullable=True),
         },
     ),
     "cluster": (

@@ -7,11 +7,14 @@ Nothing is lost:
   leaves an earlier run's outputs untouched;
 - an existing ``output.dir`` is never replaced unless ``output.overwrite: true``, and that is
   checked before any work starts;
-- the candidates (``model.n_components`` x ``model.covariance_type``, each with ``model.n_init``
-  restarts) are fitted in lockstep (:func:`pipeline.engine.sweep.run_lockstep`): one pass over
-  the data per EM iteration serves every run still going, and the criteria come from the pass
-  after a run stopped; every candidate's figures are those of ``GaussianMixture(...).fit`` +
-  ``information_criteria``;
+- the candidates (``model.n_components`` x ``model.covariance_type``) are fitted in lockstep
+  (:func:`pipeline.engine.sweep.run_lockstep`): one pass over the data per EM iteration serves
+  every run still going, and the criteria come from the pass after a run stopped.  They start
+  as ``GaussianMixtureIC`` starts them (:class:`pipeline.estimators.selection.SweepStart`, the
+  same preparation): from the sample of about ``model.init_sample`` rows drawn in the summary
+  pass (one start per candidate, no pass of its own), or, with ``init_sample: null``, each of
+  its ``model.n_init`` restarts on the data, and then every candidate's figures are those of
+  ``GaussianMixture(...).fit`` + ``information_criteria``;
 - the staging directory holds the checkpoint (every ``checkpoint.every`` passes, written
   atomically: the state of every run, :class:`pipeline.estimators.persistence.SweepState`):
   ``run(cfg, resume=True)`` recreates every run from it after the driver was killed (no
@@ -53,18 +56,15 @@ from pipeline.core.state import EMResult
 from pipeline.data.zarr_io import dataset_from_config, weights_from_config
 from pipeline.engine.em import warn_not_converged
 from pipeline.engine.graph import counting_passes, per_block, record_pass
-from pipeline.engine.missing import complete_rows, initialisation_data
 from pipeline.engine.resources import should_cache, single_threaded_blas
 from pipeline.engine.summary import summarize
 from pipeline.engine.sweep import LockstepRun, PassInfo, run_lockstep
 from pipeline.estimators.gaussian_mixture import GaussianMixture
 from pipeline.estimators.persistence import SweepRunState, SweepState, load_sweep_checkpoint, save_sweep_checkpoint
-from pipeline.estimators.selection import _starts, settle_runs
-from pipeline.estimators.validation import validate_input, validate_weights
+from pipeline.estimators.selection import SAMPLE_STARTS_PER_INIT, SweepStart, settle_runs
 from pipeline.exceptions import (
     CheckpointError,
     CovarianceError,
-    DataError,
     GMMPipelineError,
     OutputExistsError,
     OutputWriteError,
@@ -303,6 +303,7 @@ class RunContext:
     missing: dict = field(default_factory=dict)  # NaN in the data, for the report
     resumable: bool = False  # the staging directory holds this run's checkpoint, if any (not an older run's)
     passes: dict = field(default_factory=dict)  # passes over the data by step, for the report
+    sweep: SweepStart | None = None  # the candidates' start: validation, memory, sample, starts
 
 
 def _run_locked(cfg, resume, client, t0, debug=False) -> RunResult:
@@ -375,17 +376,37 @@ def _open_data(ctx: RunContext) -> da.Array:
 
 def _run_with_client(ctx: RunContext, X, resume: bool, client) -> RunResult:
     _log_cluster(ctx.cfg, client)
-    with single_threaded_blas(), counting_passes() as passes:
-        # one pass: moments, NaN/inf check (or count, with a nan_policy), fingerprint
-        summary = summarize(X, ctx.cfg.data.path, ctx.cfg.model.nan_policy, ctx.weights)
-        ctx.fingerprints = {"config": config_fingerprint(ctx.cfg), "data": data_fingerprint(X, summary, ctx.weights)}
+    cfg = ctx.cfg
+    cands = [_Candidate(candidate_name(k, ct), k, ct, _estimator(ctx, k, ct)) for k, ct in cfg.model.candidates()]
+    ctx.sweep = SweepStart([c.est for c in cands], cfg.model.init_sample, name=cfg.data.path)
+    with single_threaded_blas(), _logged_warnings():
+        # before any pass: the data against every candidate's parameters, the memory of the passes
+        X, _, weights = ctx.sweep.validate(cands[0].est, X, ctx.weights)
+        ctx.sweep.check_memory(X, sample=not resume)
+        if should_cache(X, cfg.data.cache):  # once, for the whole sweep: filled by the summary pass's read
+            X = X.persist()
+            weights = None if weights is None else weights.persist()
+        with counting_passes() as passes:
+            # one pass: moments, NaN/inf check (or count, with a nan_policy), fingerprint, and the
+            # initialisation sample (not when resuming: the checkpoint holds every run)
+            sample = None if resume else ctx.sweep.sample(X.shape[0])
+            summary = summarize(X, cfg.data.path, cfg.model.nan_policy, weights, sample=sample)
+            ctx.fingerprints = {"config": config_fingerprint(cfg), "data": data_fingerprint(X, summary, ctx.weights)}
     ctx.passes["summary"] = passes.n  # (with data.weights, one more over the weights for their fingerprint)
-    ctx.missing = _missing_values(ctx.cfg, summary)
+    ctx.missing = _missing_values(cfg, summary)
     resumed = _prepare_stage(ctx, resume)
-    if should_cache(X, ctx.cfg.data.cache):
-        X = X.persist()  # once, for the whole sweep
-    results = _fit_candidates(ctx, X, summary, resumed)
+    results = _fit_candidates(ctx, cands, X, weights, summary, resumed)
     return _select_and_publish(ctx, X, results, client)
+
+
+@contextmanager
+def _logged_warnings():
+    """Warnings raised in the block (floors, convergence) as progress lines, once it is done."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        logger.info(f"warning: {w.message}")
 
 
 def _missing_values(cfg, summary) -> dict:
@@ -438,7 +459,7 @@ def _load_resume_state(ctx: RunContext) -> SweepState:
             f"cannot resume from {path}: it was written for a different run: " + "; ".join(diffs[:8])
         )
     names = [candidate_name(k, ct) for k, ct in ctx.cfg.model.candidates()]
-    restarts = [(name, i) for name in names for i in range(ctx.cfg.model.n_init)]
+    restarts = [(name, i) for name in names for i in range(ctx.sweep.runs_per_candidate)]
     if [(r.candidate, r.restart) for r in state.runs] != restarts:
         raise CheckpointError(f"cannot resume from {path}: its runs are not this config's candidates x restarts")
     live = sum(r.status == "running" for r in state.runs)
@@ -478,31 +499,19 @@ def _estimator(ctx: RunContext, k: int, ct: str) -> GaussianMixture:
     )
 
 
-def _fit_candidates(ctx: RunContext, X, summary, resumed: SweepState | None) -> list[dict]:
-    """Every candidate (k, covariance_type) of the config x its ``n_init`` restarts, fitted in
-    lockstep (:func:`pipeline.engine.sweep.run_lockstep`): one pass per EM iteration serves
-    every run still going, and each candidate's criteria come from the pass after its runs
-    stopped.  Every run starts as ``GaussianMixture(...).fit`` starts it (the same
-    initialisation on the data, the same random draws) and gives what it gives; a candidate
-    with a failed restart is failed, as such a fit raises.  From a checkpoint, every run is
-    recreated as it was and the initialisation skipped."""
+def _fit_candidates(ctx: RunContext, cands: list[_Candidate], X, weights, summary,
+                    resumed: SweepState | None) -> list[dict]:
+    """Every candidate (k, covariance_type) of the config fitted in lockstep
+    (:func:`pipeline.engine.sweep.run_lockstep`): one pass per EM iteration serves every run
+    still going, and each candidate's criteria come from the pass after its runs stopped.  The
+    runs start as :class:`pipeline.estimators.selection.SweepStart` starts them (see
+    :func:`_start_runs`); a candidate with a failed run is failed, as such a fit raises.  From a
+    checkpoint, every run is recreated as it was and the initialisation skipped."""
     t_fit = time.perf_counter()
-    m, name = ctx.cfg.model, ctx.cfg.data.path
-    cands = [_Candidate(candidate_name(k, ct), k, ct, _estimator(ctx, k, ct)) for k, ct in m.candidates()]
-    first = cands[0].est
-    with single_threaded_blas(), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        X, was_dask = validate_input(first, X, reset=True, name=name, chunk_rows=first.chunk_rows)
-        for c in cands:
-            c.est._check_parameters(X.shape[0], X.shape[1])
-        dtype = first._compute_dtype(X)
-        weights = None if ctx.weights is None else validate_weights(ctx.weights, X, name)
+    m, name, dtype = ctx.cfg.model, ctx.cfg.data.path, ctx.sweep.dtype
+    with single_threaded_blas(), _logged_warnings():
         with counting_passes() as init_passes:
-            if should_cache(X, ctx.cfg.data.cache, was_dask):
-                record_pass()  # persisting reads every chunk once (already in memory: the runner persisted it)
-                X = X.persist()
-                weights = None if weights is None else weights.persist()
-            X, weights, marginalize = _start_runs(ctx, cands, X, summary, weights, dtype, resumed)
+            X, weights, marginalize = _start_runs(ctx, cands, X, summary, weights, resumed)
         ctx.passes["initialisation"] = init_passes.n
         sweep = _Sweep(ctx, cands, X, dtype, resumed)
         with counting_passes() as em_passes:
@@ -510,27 +519,18 @@ def _fit_candidates(ctx: RunContext, X, summary, resumed: SweepState | None) -> 
                          weights=weights, marginalize=marginalize, name=name, callback=sweep.after_pass)
         ctx.passes["em"] = em_passes.n
         sweep.finish()
-    for w in caught:
-        logger.info(f"warning: {w.message}")
     ctx.timings["fit_s"] = time.perf_counter() - t_fit
     return [{**c.entry, "model": c.model} for c in cands]
 
 
-def _start_runs(ctx, cands, X, summary, weights, dtype, resumed):
-    """Each candidate's runs: from the checkpoint, or initialised on the data as its
-    ``GaussianMixture.fit`` would (the data as that fit prepares it: complete rows under
-    nan_policy omit, the initialisation data of marginalize).  Returns the data and weights
-    the EM passes run on, and whether they marginalize missing values."""
-    policy = ctx.cfg.model.nan_policy
-    marginalize = policy == "marginalize" and summary.n_incomplete > 0
-    if policy == "omit":
-        k = max(c.k for c in cands)
-        if summary.n_samples < k:
-            raise DataError(
-                f"{ctx.cfg.data.path}: nan_policy='omit' leaves {summary.n_samples} complete rows of {summary.n_rows}, "
-                f"fewer than n_components={k}; use nan_policy='marginalize'"
-            )
-        X, weights = complete_rows(X, summary, weights)
+def _start_runs(ctx, cands, X, summary, weights, resumed):
+    """Each candidate's runs: from the checkpoint, or as ``GaussianMixtureIC`` starts them
+    (:meth:`SweepStart.runs`: from the summary's sample, or with ``init_sample: null`` each
+    restart initialised on the data as its ``GaussianMixture.fit`` would).  Returns the data
+    and weights the EM passes run on (the complete rows under nan_policy omit), and whether
+    they marginalize missing values."""
+    m, sweep = ctx.cfg.model, ctx.sweep
+    X, weights, marginalize = sweep.em_data(X, summary, weights)
     if resumed is not None:
         by_name = {}
         for r in resumed.runs:
@@ -540,20 +540,17 @@ def _start_runs(ctx, cands, X, summary, weights, dtype, resumed):
             c.runs = [LockstepRun(r.params, updater, history=list(r.history), status=r.status, reason=r.reason,
                                   scores=r.scores, n_iter=r.n_iter) for r in by_name[c.name]]
         return X, weights, marginalize
-    for c in cands:
-        init_X, init_summary, init_weights = X, summary, weights
-        if marginalize:
-            init_X, init_summary, init_weights = initialisation_data(X, summary, c.k, weights)
-        logger.info(f"candidate {c.name}: initialising ({ctx.cfg.model.init_params} init, "
-                    f"{ctx.cfg.model.n_init} restart(s), dtype {ctx.cfg.model.dtype})")
-        c.runs = _initial_runs(c.est, ctx.cfg.model.n_init, init_X, init_summary, init_weights, dtype,
-                               c.est._updater(summary))
+    t = time.perf_counter()
+    if sweep.init_sample is None:
+        logger.info(f"initialising {len(cands)} candidate(s) on the data ({m.init_params} init, {m.n_init} "
+                    f"restart(s) each, dtype {m.dtype})")
+    for c, runs in zip(cands, sweep.runs(X, summary, weights)):
+        c.runs = runs
+    if sweep.init_sample is not None:
+        logger.info(f"initialised {len(cands)} candidate(s) on a sample of {sweep.sample_rows:,} rows drawn in the "
+                    f"summary pass ({m.init_params} init, {SAMPLE_STARTS_PER_INIT * m.n_init} starts each, the best "
+                    f"on to the data; dtype {m.dtype}) in {time.perf_counter() - t:.1f} s")
     return X, weights, marginalize
-
-
-def _initial_runs(est, n_init, X, summary, weights, dtype, updater) -> list[LockstepRun]:
-    """A candidate's ``n_init`` runs, started as its ``GaussianMixture.fit`` starts its restarts."""
-    return _starts(est, n_init, X, summary, weights, dtype, updater)
 
 
 class _Sweep:
