@@ -40,6 +40,7 @@ import math
 import os
 import shutil
 import time
+import uuid
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -384,8 +385,8 @@ def _run_with_client(ctx: RunContext, X, resume: bool, client) -> RunResult:
         X, _, weights = ctx.sweep.validate(cands[0].est, X, ctx.weights)
         ctx.sweep.check_memory(X, sample=not resume)
         if should_cache(X, cfg.data.cache):  # once, for the whole sweep: filled by the summary pass's read
-            X = X.persist()
-            weights = None if weights is None else weights.persist()
+            X = _own_keys(X).persist()
+            weights = None if weights is None else _own_keys(weights).persist()
         with counting_passes() as passes:
             # one pass: moments, NaN/inf check (or count, with a nan_policy), fingerprint, and the
             # initialisation sample (not when resuming: the checkpoint holds every run)
@@ -397,6 +398,18 @@ def _run_with_client(ctx: RunContext, X, resume: bool, client) -> RunResult:
     resumed = _prepare_stage(ctx, resume)
     results = _fit_candidates(ctx, cands, X, weights, summary, resumed)
     return _select_and_publish(ctx, X, results, client)
+
+
+def _own_keys(a: da.Array) -> da.Array:
+    """``a`` under chunk keys of this run's own: the keys of the data's graph come from its path,
+    not its content, and a scheduler does not recompute a key it holds, so data persisted by
+    another run on the same client (still referenced, e.g. by its traceback) would otherwise be
+    taken, as it was then, for this run's."""
+    return a.map_blocks(_same_block, dtype=a.dtype, name=f"gmm-run-{a.name}-{uuid.uuid4().hex}")
+
+
+def _same_block(block):
+    return block
 
 
 @contextmanager
