@@ -285,7 +285,8 @@ class SweepStart:
     have (shared but for ``n_components`` and ``covariance_type``).  ``init_sample``: as
     ``GaussianMixtureIC``'s (None: each candidate's ``n_init`` restarts start on the data as its
     fit starts them; an integer: one start per candidate, from the sample).  ``name``: the data
-    in error messages.
+    in error messages.  ``blocks``: ``incremental_blocks`` (incremental EM keeps statistics per
+    group on the driver).
     """
 
     def __init__(self, estimators: list[GaussianMixture], init_sample: int | None, name: str = "X", blocks: int = 1):
