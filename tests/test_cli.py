@@ -60,6 +60,11 @@ def test_demo_config_end_to_end_through_the_command(tmp_path):
     r = gmm("run", config)
     assert r.returncode == 0, r.stderr
     assert "iter    1" in r.stdout and "rows/s" in r.stdout and "dashboard: http://127.0.0.1:" in r.stdout
+    # the progress line counts the lockstep EM passes over the data, as report.json does
+    passes = [int(p) for p in re.findall(r" iter +\d+ .* rows/s  EM pass (\d+)$", r.stdout, flags=re.M)]
+    report = json.loads((Path(cfg["output"]["dir"]) / "report.json").read_text())
+    assert passes[0] == 1 and passes == sorted(passes)
+    assert passes[-1] == report["passes"]["em"] - 1  # (the last pass only scores the runs that stopped)
     out = Path(cfg["output"]["dir"])
     for name in ("model.npz", "report.json", "report.md", "labels.zarr", "responsibilities.zarr",
                  "loglik.png", "clusters.png"):

@@ -622,7 +622,7 @@ class _Sweep:
         for c, i, r in advanced:
             change = r.history[-1] - r.history[-2] if len(r.history) > 1 else math.inf
             logger.info(f"  {c.name} restart {i} iter {r.n_iter:4d}  loglik {r.history[-1]:.8f}  "
-                        f"change {change:+.3e}  {info.seconds:.2f} s  {rate:,.0f} rows/s")
+                        f"change {change:+.3e}  {info.seconds:.2f} s  {rate:,.0f} rows/s  EM pass {self.n_pass}")
         for c, i, r in failed:
             logger.info(f"  {c.name} restart {i} failed: {r.reason}")
         for c in self.cands:
