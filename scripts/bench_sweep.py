@@ -13,10 +13,8 @@ chunk read, as an object store adds latency.  Threaded scheduler, BLAS on one th
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -25,34 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dask  # noqa: E402
 import numpy as np  # noqa: E402
+from bench_common import Reads, blas_line, versions_line  # noqa: E402
 
 from pipeline import GaussianMixture, GaussianMixtureIC, open_dataset  # noqa: E402
 from pipeline.data.synthetic import generate_mixture  # noqa: E402
-
-
-class Reads:
-    """Counts reads of chunk 0 (one per pass) and sleeps ``cost`` seconds per chunk read."""
-
-    def __init__(self, cost: float):
-        self.cost, self.n, self.lock = cost, 0, threading.Lock()
-
-    def __call__(self, block, block_info=None):
-        if block_info is not None and block_info[0]["chunk-location"][0] == 0:
-            with self.lock:
-                self.n += 1
-        if self.cost:
-            time.sleep(self.cost)
-        return block
-
-
-def blas_kernel() -> str:
-    try:
-        from threadpoolctl import threadpool_info
-
-        return ", ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}" for i in threadpool_info()
-                         if i.get("user_api") == "blas")
-    except Exception as exc:  # noqa: BLE001
-        return f"unknown ({exc})"
 
 
 def main() -> None:
@@ -66,7 +40,8 @@ def main() -> None:
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     ks, types = list(range(2, 9)), ["full", "diag"]
-    print(f"BLAS: {blas_kernel()}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+    print(blas_line())
+    print(versions_line())
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "x.zarr"
         generate_mixture(path, n_samples=args.rows, n_features=8, n_components=5, seed=0,
