@@ -149,7 +149,7 @@ def run_lockstep(
         raise ValueError(f"stopping must be one of {', '.join(STOPPING)}; got {stopping!r}")
     n_pass = 0
     data = [X] if weights is None else [X, weights]
-    groups = _groups(data, blocks)
+    whole, groups = data[0] if len(data) == 1 else tuple(data), _groups(data, blocks)
     kernel = _tasks_kernel if weights is None else _weighted_tasks_kernel
     for run in runs:
         if max_iter == 0 and run.status == "running":
@@ -162,18 +162,8 @@ def run_lockstep(
         if not em and not score:
             return n_pass
         t0 = time.perf_counter()
-        if any(r.phase == "incremental" for r in em):
-            _incremental_pass(groups, kernel, em, score, tol, max_iter, dtype, marginalize, name, stopping)
-        else:
-            tasks = [_task(r, "em", dtype, marginalize) for r in em]
-            tasks += [_task(r, "score", dtype, marginalize) for r in score]
-            vec = reduce_blocks(data[0] if len(data) == 1 else tuple(data), kernel, sum(_lengths(em, score)),
-                                dask.delayed(tasks, pure=True))
-            parts = np.split(vec, np.cumsum(_lengths(em, score))[:-1])
-            for run, part in zip(score, parts[len(em):]):
-                run.scores = tuple(float(v) for v in part)
-            for run, part in zip(em, parts[: len(em)]):
-                _advance(run, _stats(run, part), tol, max_iter, name, dtype, stopping)
+        incremental = any(r.phase == "incremental" for r in em)
+        _pass(groups if incremental else [whole], kernel, em, score, tol, max_iter, dtype, marginalize, name, stopping)
         n_pass += 1
         if callback is not None:
             callback(PassInfo(n_pass, len(em), len(score), time.perf_counter() - t0, runs))
@@ -206,8 +196,9 @@ def _groups(data: list, blocks: int) -> list:
     return out
 
 
-def _incremental_pass(groups, kernel, em, score, tol, max_iter, dtype, marginalize, name, stopping) -> None:
-    """One pass as ``len(groups)`` computations (see the module docstring).  A run in its
+def _pass(groups, kernel, em, score, tol, max_iter, dtype, marginalize, name, stopping) -> None:
+    """One pass as ``len(groups)`` computations (one for a batch pass; see the module
+    docstring): the E steps of ``em``, the scores of ``score``.  A run in its
     incremental passes makes an M step after each group; every other run (a batch run, an
     incremental run's first pass, a run to score) adds up the groups' statistics under its fixed
     parameters, and an incremental run's first pass keeps them by group."""
