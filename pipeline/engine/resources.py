@@ -19,10 +19,7 @@ def single_threaded_blas():
     each task oversubscribes the cores (measured: 4x slower per EM iteration with the threaded
     scheduler on 2 cores).  Distributed workers already start with OPENBLAS_NUM_THREADS=1.
     """
-    global _BLAS
-    if _BLAS is None:
-        _BLAS = ThreadpoolController()
-    with _BLAS.limit(limits=1, user_api="blas"):
+    with _controller().limit(limits=1, user_api="blas"):
         yield
 
 
@@ -32,11 +29,17 @@ def single_threaded():
     runs: for small in-memory work on the driver, such as scikit-learn's ``KMeans`` on the
     initialisation sample, whose OpenMP threads cost more than they give there (measured on 2
     cores under load: 0.44 s per KMeans fit of 20,000 x 8 rows with 2 threads, 0.036 s with one)."""
+    with _controller().limit(limits=1):
+        yield
+
+
+def _controller() -> ThreadpoolController:
+    """This process's thread pools, inspected once (it loads every BLAS and OpenMP library's
+    information)."""
     global _BLAS
     if _BLAS is None:
         _BLAS = ThreadpoolController()
-    with _BLAS.limit(limits=1):
-        yield
+    return _BLAS
 
 
 
